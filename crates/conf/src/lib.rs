@@ -1,0 +1,346 @@
+//! Typed configuration for every binary: `configs/config.yaml` (or the file given with
+//! `-conf`) first, then `APP__SECTION__KEY` environment variables on top.
+
+mod secret;
+
+use std::{ffi::OsString, io, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+pub use secret::SecretUrl;
+
+/// Prefix of environment overrides: `APP__DATA__DATABASE_URL` sets `data.database_url`.
+pub const ENV_PREFIX: &str = "APP";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration in {path}: {source}")]
+pub struct ConfigError {
+    path: String,
+    #[source]
+    source: Box<config::ConfigError>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub data: DataConfig,
+    pub broker: BrokerConfig,
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the gRPC server binds; port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `sqlite://PATH?mode=rwc` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    pub database_url: SecretUrl,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Apply pending migrations when a process starts.
+    #[serde(default = "default_true")]
+    pub auto_migrate: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `amqp://USER:PASSWORD@HOST:PORT/VHOST`; the default vhost `/` is written `%2f`.
+    pub amqp_url: SecretUrl,
+    /// Durable topic exchange that receives every event.
+    pub exchange: String,
+    /// Durable queue bound to the exchange with `#`, so that no event is dropped before a
+    /// consumer exists. Empty declares no queue.
+    #[serde(default)]
+    pub queue: String,
+    /// `x-queue-type` of that queue: `classic`, or `quorum` for replicated clusters. It must
+    /// match the queue if it exists already.
+    #[serde(default = "default_queue_type")]
+    pub queue_type: String,
+    /// `app_id` property of every published message.
+    pub app_id: String,
+    /// How long a publish waits for the broker's confirm before it counts as failed.
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Events claimed and published per batch.
+    pub batch_size: u32,
+    /// How long a relay owns the rows it claimed; a crashed relay's rows are claimed again
+    /// after this, on the database clock.
+    pub lease_secs: u64,
+    /// How long daemon-worker sleeps when the outbox is empty.
+    pub poll_interval_ms: u64,
+    /// Publish attempts per event before it goes `DEAD`.
+    pub max_attempts: u32,
+    /// First retry delay; each later one doubles, with jitter, up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Cron expression with seconds for cron-worker's dispatch job.
+    pub cron_schedule: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` wins when set.
+    #[serde(default = "default_log_filter")]
+    pub log_filter: String,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: default_log_filter(),
+            log_format: LogFormat::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, then applies `APP__SECTION__KEY` environment overrides.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ConfigError`] when the file is missing or unreadable, a value has the wrong
+    /// type, a key is unknown or a required key is absent.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    fn load_with_env(
+        path: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        if let Some(env) = env {
+            environment = environment.source(Some(env));
+        }
+        let wrap = |source| ConfigError {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        let config = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+            .add_source(environment)
+            .build()
+            .map_err(wrap)?;
+        let config: Self = config.try_deserialize().map_err(wrap)?;
+        config
+            .validate()
+            .map_err(|message| wrap(config::ConfigError::Message(message)))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let outbox = &self.outbox;
+        if outbox.batch_size == 0 {
+            return Err("outbox.batch_size must be at least 1".into());
+        }
+        if outbox.lease_secs == 0 {
+            return Err("outbox.lease_secs must be at least 1".into());
+        }
+        if outbox.max_attempts == 0 {
+            return Err("outbox.max_attempts must be at least 1".into());
+        }
+        if outbox.backoff_min_ms > outbox.backoff_max_ms {
+            return Err(format!(
+                "outbox.backoff_min_ms ({}) must not exceed outbox.backoff_max_ms ({})",
+                outbox.backoff_min_ms, outbox.backoff_max_ms
+            ));
+        }
+        if self.broker.exchange.is_empty() {
+            return Err("broker.exchange must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl DataConfig {
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose().starts_with("sqlite:")
+    }
+
+    /// Creates the folder of a SQLite database file, so that `mode=rwc` can create the file.
+    /// Does nothing for other databases and for in-memory SQLite.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error when the folder cannot be created.
+    pub fn ensure_sqlite_folder(&self) -> io::Result<()> {
+        let Some(rest) = self.database_url.expose().strip_prefix("sqlite:") else {
+            return Ok(());
+        };
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            return Ok(());
+        }
+        match Path::new(path).parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => std::fs::create_dir_all(folder),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Rewrites the Go-style flag `-conf` (as in `-conf PATH` or `-conf=PATH`) to `--conf`, so
+/// that clap accepts both spellings.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .map(|arg| match arg.to_str() {
+            Some("-conf") => OsString::from("--conf"),
+            Some(text) if text.starts_with("-conf=") => OsString::from(format!("-{text}")),
+            _ => arg,
+        })
+        .collect()
+}
+
+impl OutboxConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+impl BrokerConfig {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_queue_type() -> String {
+    "classic".into()
+}
+
+fn default_confirm_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/config.yaml");
+
+    #[test]
+    fn shipped_config_loads() {
+        let config = Config::load(Path::new(SHIPPED)).expect("configs/config.yaml is valid");
+
+        assert_eq!(config.server.grpc_addr.to_string(), "127.0.0.1:9000");
+        assert!(config.data.database_url.expose().starts_with("sqlite://"));
+        assert_eq!(config.broker.exchange, "order.events");
+        assert_eq!(config.outbox.cron_schedule, "*/10 * * * * *");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let env = HashMap::from([
+            ("APP__OUTBOX__BATCH_SIZE".to_string(), "7".to_string()),
+            (
+                "APP__DATA__DATABASE_URL".to_string(),
+                "postgres://order:s3cret@127.0.0.1:5432/orders".to_string(),
+            ),
+        ]);
+
+        let config = Config::load_with_env(Path::new(SHIPPED), Some(env)).expect("valid");
+
+        assert_eq!(config.outbox.batch_size, 7);
+        assert_eq!(
+            config.data.database_url.expose(),
+            "postgres://order:s3cret@127.0.0.1:5432/orders"
+        );
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let env = HashMap::from([("APP__OUTBOX__BATCH_SIZE".to_string(), "0".to_string())]);
+
+        let error = Config::load_with_env(Path::new(SHIPPED), Some(env)).unwrap_err();
+
+        assert!(error.to_string().contains("outbox.batch_size"), "{error}");
+    }
+
+    #[test]
+    fn go_style_conf_flag_is_accepted() {
+        let args =
+            ["bin", "-conf", "a.yaml", "-conf=b.yaml", "--conf", "c.yaml"].map(OsString::from);
+
+        let normalized = normalize_args(args);
+
+        let expected = [
+            "bin",
+            "--conf",
+            "a.yaml",
+            "--conf=b.yaml",
+            "--conf",
+            "c.yaml",
+        ];
+        assert_eq!(normalized, expected.map(OsString::from));
+    }
+
+    #[test]
+    fn sqlite_folder_is_created() {
+        let scratch = tempfile::tempdir().unwrap();
+        let file = scratch.path().join("nested/deeper/order.db");
+        let config = DataConfig {
+            database_url: SecretUrl::new(format!("sqlite://{}?mode=rwc", file.display())),
+            max_connections: 1,
+            auto_migrate: true,
+        };
+
+        config.ensure_sqlite_folder().unwrap();
+
+        assert!(file.parent().unwrap().is_dir());
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let error = Config::load(Path::new("/nonexistent/config.yaml")).unwrap_err();
+
+        assert!(
+            error.to_string().contains("/nonexistent/config.yaml"),
+            "{error}"
+        );
+    }
+}
