@@ -1,0 +1,70 @@
+//! Errors of the business layer: invalid input, repository failures, and what the order use
+//! case returns to its callers.
+
+use std::error::Error as StdError;
+
+use crate::order::OrderId;
+
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A request value that breaks a rule. `field` is the request field path, such as
+/// `items[2].quantity`, so a client can point at the culprit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Failure of a repository call, as every port in [`crate::ports`] reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A row with the same unique key exists, such as an order's `request_id`.
+    #[error("duplicate key: {0}")]
+    Duplicate(String),
+    /// The database could not be reached or dropped the connection; retrying later may work.
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Any other database failure, including rows that cannot be decoded.
+    #[error("database operation failed")]
+    Other(#[source] BoxError),
+}
+
+/// What [`crate::OrderUseCase`] returns.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// The idempotency key was used before for a request with different content.
+    #[error(
+        "request_id {0:?} was already used for a different order; send a new request_id for a new order"
+    )]
+    RequestIdReused(String),
+    #[error("database unavailable, retry later")]
+    Unavailable(#[source] BoxError),
+    #[error("database operation failed")]
+    Internal(#[source] BoxError),
+}
+
+impl From<RepoError> for OrderError {
+    fn from(error: RepoError) -> Self {
+        match error {
+            RepoError::Unavailable(source) => Self::Unavailable(source),
+            RepoError::Duplicate(key) => {
+                Self::Internal(format!("unexpected duplicate {key}").into())
+            }
+            RepoError::Other(source) => Self::Internal(source),
+        }
+    }
+}

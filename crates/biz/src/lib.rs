@@ -1,0 +1,20 @@
+//! The business layer: the order aggregate, the outbox event model, the use cases, and the
+//! ports they need. Storage and transport live in `data` and `service`, which depend on this
+//! crate and never the other way round.
+
+pub mod dispatch;
+pub mod error;
+pub mod order;
+pub mod order_usecase;
+pub mod outbox;
+pub mod ports;
+
+pub use dispatch::{DispatchError, DispatchReport, DispatchSettings, OutboxDispatcher};
+pub use error::{OrderError, RepoError, ValidationError};
+pub use order::{
+    CreateOrder, Currency, Order, OrderId, OrderItem, OrderPage, OrderStatus, PageQuery, RequestId,
+    Sku, UserId,
+};
+pub use order_usecase::OrderUseCase;
+pub use outbox::{NewOutboxEvent, OutboxEvent, RetryPolicy};
+pub use ports::{EventPublisher, OrderRepo, OutboxRepo, PublishError, PublishFailure};
