@@ -1,0 +1,19 @@
+//! Schema migrations, written once for SQLite and PostgreSQL. Processes apply them at start-up
+//! when `data.auto_migrate` is on; the `migrate` binary applies them on demand.
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::{MigrationTrait, async_trait};
+
+mod m20261204_000001_create_tables;
+
+/// PostgreSQL channel that `outbox_events` inserts notify, so relays wake without polling.
+pub const OUTBOX_NOTIFY_CHANNEL: &str = "outbox_events";
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261204_000001_create_tables::Migration)]
+    }
+}
