@@ -1,0 +1,42 @@
+use sea_orm::entity::prelude::{
+    ActiveModelBehavior, DateTimeUtc, DeriveEntityModel, DerivePrimaryKey, DeriveRelation,
+    EntityTrait, EnumIter, Json, PrimaryKeyTrait, Uuid,
+};
+
+/// `PENDING`: not yet published. `SENT`: confirmed by the broker. `FAILED`: the last attempt
+/// failed and another is due at `next_retry_at`. `DEAD`: given up; an operator re-drives it.
+pub const STATUS_PENDING: &str = "PENDING";
+pub const STATUS_SENT: &str = "SENT";
+pub const STATUS_FAILED: &str = "FAILED";
+pub const STATUS_DEAD: &str = "DEAD";
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "outbox_events")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    #[sea_orm(unique)]
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub payload: Json,
+    /// Transport metadata: the routing key, and trace context when there is one.
+    #[sea_orm(column_type = "JsonBinary")]
+    pub headers: Json,
+    pub status: String,
+    pub retry_count: i32,
+    pub next_retry_at: Option<DateTimeUtc>,
+    pub last_error: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+    pub published_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
