@@ -1,0 +1,9 @@
+//! The gRPC transport of the order service: request validation and mapping to `biz` types,
+//! and the one place that turns business errors into gRPC status codes.
+
+mod convert;
+mod error;
+mod order;
+
+pub use error::status_from;
+pub use order::OrderService;

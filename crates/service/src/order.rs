@@ -1,0 +1,144 @@
+//! `OrderService`: the `order.v1.OrderService` gRPC handlers.
+
+use std::sync::Arc;
+
+use api::order::v1::{self as pb, order_service_server::OrderService as OrderServiceApi};
+use biz::{OrderId, OrderUseCase, PageQuery, UserId, ValidationError};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::{
+    convert::{create_order_from, order_to_pb},
+    error::{invalid_argument, status_from},
+};
+
+/// Page size when the request leaves `page_size` at 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Larger page sizes are lowered to this.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+pub struct OrderService {
+    orders: Arc<OrderUseCase>,
+}
+
+impl OrderService {
+    pub fn new(orders: Arc<OrderUseCase>) -> Self {
+        Self { orders }
+    }
+}
+
+fn page_query(request: pb::ListOrdersRequest) -> Result<PageQuery, ValidationError> {
+    let user_id = UserId::parse(request.user_id)?;
+    let limit = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size if size < 0 => {
+            return Err(ValidationError::new(
+                "page_size",
+                format!("is {size}; use 0 for the default or a positive size"),
+            ));
+        }
+        size => (size as u32).min(MAX_PAGE_SIZE),
+    };
+    let after = if request.page_token.is_empty() {
+        None
+    } else {
+        let token = OrderId::parse("page_token", &request.page_token).map_err(|_| {
+            ValidationError::new(
+                "page_token",
+                "is not a token from a previous ListOrders response; send it unchanged or leave it empty",
+            )
+        })?;
+        Some(token)
+    };
+    Ok(PageQuery {
+        user_id,
+        after,
+        limit,
+    })
+}
+
+#[tonic::async_trait]
+impl OrderServiceApi for OrderService {
+    #[instrument(skip_all, fields(rpc = "CreateOrder"))]
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let command = create_order_from(request.into_inner()).map_err(invalid_argument)?;
+        let order = self
+            .orders
+            .create_order(command)
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "GetOrder"))]
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let id = OrderId::parse("id", &request.into_inner().id).map_err(invalid_argument)?;
+        let order = self.orders.get_order(id).await.map_err(status_from)?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "ListOrders"))]
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let query = page_query(request.into_inner()).map_err(invalid_argument)?;
+        let page = self.orders.list_orders(query).await.map_err(status_from)?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            next_page_token: page.next_after.map(|id| id.to_string()).unwrap_or_default(),
+            orders: page.orders.into_iter().map(order_to_pb).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list_request(page_size: i32, page_token: &str) -> pb::ListOrdersRequest {
+        pb::ListOrdersRequest {
+            user_id: "alice".into(),
+            page_size,
+            page_token: page_token.into(),
+        }
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(
+            page_query(list_request(0, "")).unwrap().limit,
+            DEFAULT_PAGE_SIZE
+        );
+        assert_eq!(page_query(list_request(5, "")).unwrap().limit, 5);
+        assert_eq!(
+            page_query(list_request(1000, "")).unwrap().limit,
+            MAX_PAGE_SIZE
+        );
+    }
+
+    #[test]
+    fn bad_paging_names_field() {
+        assert_eq!(
+            page_query(list_request(-1, "")).unwrap_err().field,
+            "page_size"
+        );
+        assert_eq!(
+            page_query(list_request(10, "nope")).unwrap_err().field,
+            "page_token"
+        );
+
+        let mut request = list_request(10, "");
+        request.user_id = String::new();
+        assert_eq!(page_query(request).unwrap_err().field, "user_id");
+    }
+}
