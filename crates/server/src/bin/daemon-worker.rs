@@ -1,0 +1,42 @@
+//! `daemon-worker`: the low-latency outbox relay. It publishes new events as soon as they
+//! commit, waking on PostgreSQL notifications or polling SQLite.
+
+use data::OutboxNotifications;
+use server::{cli::Args, relay, shutdown, telemetry, wire};
+use tracing::{info, warn};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Args::load()?;
+    telemetry::init(&config.telemetry);
+    info!(
+        database = %config.data.database_url,
+        broker = %config.broker.amqp_url,
+        exchange = %config.broker.exchange,
+        batch_size = config.outbox.batch_size,
+        "starting daemon-worker"
+    );
+
+    let db = wire::open_database(&config).await?;
+    let shutdown = shutdown::on_signal();
+    let dispatcher =
+        wire::outbox_dispatcher(&config, db.clone(), wire::relay_id("daemon-worker")).await;
+    let notifications = match OutboxNotifications::listen(&db).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(error = %error, "failed to listen for outbox notifications; polling only");
+            None
+        }
+    };
+    relay::run_daemon(
+        &dispatcher,
+        notifications,
+        config.outbox.poll_interval(),
+        shutdown,
+    )
+    .await;
+
+    db.close().await?;
+    info!("daemon-worker stopped");
+    Ok(())
+}

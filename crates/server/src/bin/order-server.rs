@@ -1,0 +1,32 @@
+//! `order-server`: the gRPC order service. It commits orders with their outbox events; the
+//! relays in `daemon-worker` and `cron-worker` publish them.
+
+use std::sync::Arc;
+
+use biz::OrderUseCase;
+use data::SeaOrmOrderRepo;
+use server::{cli::Args, grpc, shutdown, telemetry, wire};
+use service::OrderService;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Args::load()?;
+    telemetry::init(&config.telemetry);
+    info!(
+        grpc_addr = %config.server.grpc_addr,
+        database = %config.data.database_url,
+        "starting order-server"
+    );
+
+    let db = wire::open_database(&config).await?;
+    let orders = Arc::new(OrderUseCase::new(Arc::new(SeaOrmOrderRepo::new(
+        db.clone(),
+    ))));
+    let shutdown = shutdown::on_signal();
+    grpc::serve(config.server.grpc_addr, OrderService::new(orders), shutdown).await?;
+
+    db.close().await?;
+    info!("order-server stopped");
+    Ok(())
+}

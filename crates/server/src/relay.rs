@@ -1,0 +1,145 @@
+//! The two ways of running the outbox relay: `daemon` loops continuously and sleeps only when
+//! the outbox is idle; `cron` drains the outbox on a cron schedule.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use biz::{OutboxDispatcher, dispatch::DispatchError};
+use chrono::Utc;
+use data::OutboxNotifications;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Upper bound of batches in one cron tick, so one tick cannot run forever when rows arrive
+/// as fast as they are sent.
+const MAX_BATCHES_PER_TICK: usize = 10_000;
+
+/// Waits between attempts after database or broker failures.
+fn failure_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Logs a failed dispatch: at warn for the first failure and every 20th after it, at debug
+/// otherwise, so that a long outage does not flood the log.
+fn log_failure(error: &DispatchError, consecutive: u64) {
+    if consecutive == 1 || consecutive.is_multiple_of(20) {
+        warn!(error = %error, consecutive_failures = consecutive, "outbox dispatch failed, retrying");
+    } else {
+        debug!(error = %error, consecutive_failures = consecutive, "outbox dispatch failed, retrying");
+    }
+}
+
+/// Returns false when `shutdown` fired during the wait.
+async fn wait(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(duration) => true,
+    }
+}
+
+/// Runs the relay until `shutdown`: drains the outbox, then sleeps for `poll_interval` or
+/// until a PostgreSQL notification says new rows committed. A batch in flight when shutdown
+/// starts is finished and marked before this returns.
+pub async fn run_daemon(
+    dispatcher: &OutboxDispatcher,
+    mut notifications: Option<OutboxNotifications>,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    info!(
+        relay_id = %dispatcher.settings().relay_id,
+        poll_interval_ms = poll_interval.as_millis() as u64,
+        notifications = notifications.is_some(),
+        "daemon relay started"
+    );
+    let mut backoff = failure_backoff();
+    let mut consecutive_failures = 0u64;
+    while !shutdown.is_cancelled() {
+        match dispatcher
+            .drain(usize::MAX, || shutdown.is_cancelled())
+            .await
+        {
+            Ok(report) => {
+                if consecutive_failures > 0 {
+                    info!(failures = consecutive_failures, "outbox dispatch recovered");
+                    consecutive_failures = 0;
+                    backoff = failure_backoff();
+                }
+                if report.claimed > 0 {
+                    continue;
+                }
+                let idle = tokio::time::sleep(poll_interval);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = idle => {}
+                    _ = async {
+                        match notifications.as_mut() {
+                            Some(listener) => listener.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+            }
+            Err(error) => {
+                consecutive_failures += 1;
+                log_failure(&error, consecutive_failures);
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                wait(delay, &shutdown).await;
+            }
+        }
+    }
+    info!("daemon relay stopped");
+}
+
+/// Runs the relay on `schedule` (cron syntax with seconds) until `shutdown`. Each tick drains
+/// the whole backlog, batch after batch.
+///
+/// # Errors
+///
+/// Fails at once when `schedule` is not a valid cron expression.
+pub async fn run_cron(
+    dispatcher: &OutboxDispatcher,
+    schedule: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let schedule = cron::Schedule::from_str(schedule).with_context(|| {
+        format!("outbox.cron_schedule {schedule:?} is not a cron expression with seconds, such as \"*/10 * * * * *\"")
+    })?;
+    info!(
+        relay_id = %dispatcher.settings().relay_id,
+        schedule = %schedule,
+        "cron relay started"
+    );
+    let mut consecutive_failures = 0u64;
+    while let Some(next) = schedule.upcoming(Utc).next() {
+        let delay = (next - Utc::now()).to_std().unwrap_or_default();
+        if !wait(delay, &shutdown).await {
+            break;
+        }
+        match dispatcher
+            .drain(MAX_BATCHES_PER_TICK, || shutdown.is_cancelled())
+            .await
+        {
+            Ok(report) => {
+                consecutive_failures = 0;
+                debug!(
+                    claimed = report.claimed,
+                    sent = report.sent,
+                    "cron tick done"
+                );
+            }
+            Err(error) => {
+                consecutive_failures += 1;
+                log_failure(&error, consecutive_failures);
+            }
+        }
+    }
+    info!("cron relay stopped");
+    Ok(())
+}

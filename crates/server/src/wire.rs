@@ -1,0 +1,63 @@
+//! Wiring of the layers: the database, the repositories, the publisher and the use cases
+//! built from one configuration.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use biz::{DispatchSettings, OutboxDispatcher, RetryPolicy};
+use conf::Config;
+use data::{AmqpEventPublisher, SeaOrmOutboxRepo};
+use sea_orm::DatabaseConnection;
+use tracing::warn;
+
+/// Connects to the database and applies migrations when `data.auto_migrate` is on.
+///
+/// # Errors
+///
+/// Fails when the database cannot be reached or a migration fails.
+pub async fn open_database(config: &Config) -> anyhow::Result<DatabaseConnection> {
+    let data = &config.data;
+    let db = data::connect(data)
+        .await
+        .with_context(|| format!("failed to connect to {}", data.database_url))?;
+    if data.auto_migrate {
+        data::migrate(&db)
+            .await
+            .context("failed to apply database migrations")?;
+    }
+    Ok(db)
+}
+
+/// Returns an id for `locked_by` that is unique to this process.
+pub fn relay_id(binary: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{binary}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Builds the outbox relay and tries the broker once, so a wrong address shows up at
+/// start-up. An unreachable broker is not fatal: events wait in the outbox until it is back.
+pub async fn outbox_dispatcher(
+    config: &Config,
+    db: DatabaseConnection,
+    relay_id: String,
+) -> OutboxDispatcher {
+    let publisher = AmqpEventPublisher::new(config.broker.clone());
+    if let Err(error) = publisher.connect().await {
+        warn!(error = %error, "broker unavailable at start-up; events wait in the outbox");
+    }
+    let outbox = &config.outbox;
+    OutboxDispatcher::new(
+        Arc::new(SeaOrmOutboxRepo::new(db)),
+        Arc::new(publisher),
+        DispatchSettings {
+            relay_id,
+            batch_size: outbox.batch_size,
+            lease: outbox.lease(),
+            retry: RetryPolicy {
+                max_attempts: outbox.max_attempts,
+                min_delay: Duration::from_millis(outbox.backoff_min_ms),
+                max_delay: Duration::from_millis(outbox.backoff_max_ms),
+            },
+        },
+    )
+}
