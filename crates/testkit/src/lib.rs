@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod process;
+
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
@@ -19,6 +21,8 @@ use lapin::{
 };
 use sea_orm::{ConnectionTrait, Database};
 use tokio::process::{Child, Command};
+
+pub use process::ServiceProcess;
 
 /// Returns the environment variable `name`, which `make test` sets.
 ///
@@ -139,6 +143,28 @@ impl QueueReader {
         }
     }
 
+    /// Consumes from an existing queue, such as the one the service declares.
+    pub async fn consume(amqp_url: &str, queue: &str) -> Self {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .expect("test broker is reachable");
+        let channel = connection.create_channel().await.expect("channel opens");
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "testkit".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consumer starts");
+        Self {
+            _connection: connection,
+            channel,
+            consumer,
+        }
+    }
+
     /// Receives and acknowledges messages until `count` arrived or `deadline` passed.
     pub async fn receive(&mut self, count: usize, deadline: Duration) -> Vec<Delivery> {
         let mut received = Vec::with_capacity(count);
@@ -155,11 +181,6 @@ impl QueueReader {
             received.push(delivery);
         }
         received
-    }
-
-    /// Returns messages that arrive within `quiet`, to check that nothing more comes.
-    pub async fn receive_extra(&mut self, quiet: Duration) -> Vec<Delivery> {
-        self.receive(usize::MAX, quiet).await
     }
 
     pub fn channel(&self) -> &Channel {
