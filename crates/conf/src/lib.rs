@@ -70,6 +70,10 @@ pub struct BrokerConfig {
     /// How long a publish waits for the broker's confirm before it counts as failed.
     #[serde(default = "default_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
+    /// Largest message body the broker accepts: RabbitMQ's `max_message_size`, 128 MiB by
+    /// default in 3.8 to 3.13. Larger events go `DEAD` at once instead of being retried.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,6 +249,10 @@ fn default_true() -> bool {
 
 fn default_queue_type() -> String {
     "classic".into()
+}
+
+fn default_max_message_bytes() -> usize {
+    128 * 1024 * 1024
 }
 
 fn default_confirm_timeout_ms() -> u64 {

@@ -203,10 +203,33 @@ impl EventPublisher for AmqpEventPublisher {
 
         // Send the whole batch first and collect the confirms afterwards: one round trip per
         // batch instead of one per event.
-        let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(events.len());
+        // `None` marks an event that was not sent because no retry could help it.
+        let mut confirms: Vec<Option<PublisherConfirm>> = Vec::with_capacity(events.len());
+        let mut rejected: Vec<Option<PublishFailure>> = Vec::with_capacity(events.len());
         for event in events {
-            let body = serde_json::to_vec(&event.payload)
-                .map_err(|error| PublishError(format!("failed to encode payload: {error}")))?;
+            let body = match serde_json::to_vec(&event.payload) {
+                Ok(body) if body.len() <= self.config.max_message_bytes => body,
+                Ok(body) => {
+                    confirms.push(None);
+                    rejected.push(Some(PublishFailure {
+                        message: format!(
+                            "message is {} bytes, more than the broker accepts ({} bytes, broker.max_message_bytes)",
+                            body.len(),
+                            self.config.max_message_bytes
+                        ),
+                        permanent: true,
+                    }));
+                    continue;
+                }
+                Err(error) => {
+                    confirms.push(None);
+                    rejected.push(Some(PublishFailure {
+                        message: format!("failed to encode payload: {error}"),
+                        permanent: true,
+                    }));
+                    continue;
+                }
+            };
             let sent = session
                 .channel
                 .basic_publish(
@@ -218,7 +241,10 @@ impl EventPublisher for AmqpEventPublisher {
                 )
                 .await;
             match sent {
-                Ok(confirm) => confirms.push(confirm),
+                Ok(confirm) => {
+                    confirms.push(Some(confirm));
+                    rejected.push(None);
+                }
                 Err(error) => {
                     slot.take();
                     return Err(PublishError(format!("basic.publish failed: {error}")));
@@ -226,7 +252,13 @@ impl EventPublisher for AmqpEventPublisher {
             }
         }
 
-        let Ok(results) = timeout(self.config.confirm_timeout(), join_all(confirms)).await else {
+        let pending = confirms.into_iter().map(|confirm| async move {
+            match confirm {
+                Some(confirm) => Some(confirm.await),
+                None => None,
+            }
+        });
+        let Ok(results) = timeout(self.config.confirm_timeout(), join_all(pending)).await else {
             warn!(
                 timeout_ms = self.config.confirm_timeout_ms,
                 "publisher confirms timed out"
@@ -238,10 +270,11 @@ impl EventPublisher for AmqpEventPublisher {
         };
         let mut outcomes = Vec::with_capacity(results.len());
         let mut channel_failed = false;
-        for result in results {
+        for (result, rejection) in results.into_iter().zip(rejected) {
             match result {
-                Ok(confirmation) => outcomes.push(confirmation_outcome(confirmation)),
-                Err(error) => {
+                None => outcomes.push(Err(rejection.expect("an unsent event has a rejection"))),
+                Some(Ok(confirmation)) => outcomes.push(confirmation_outcome(confirmation)),
+                Some(Err(error)) => {
                     channel_failed = true;
                     outcomes.push(Err(PublishFailure {
                         message: format!("confirm failed: {error}"),

@@ -489,6 +489,7 @@ fn broker_config(exchange: &str, queue: &str) -> conf::BrokerConfig {
         queue_type: "classic".into(),
         app_id: "order-service-test".into(),
         confirm_timeout_ms: 10_000,
+        max_message_bytes: 128 * 1024 * 1024,
     }
 }
 
@@ -587,6 +588,42 @@ async fn unroutable_event_fails_for_retry() {
         failure.message.contains("unroutable"),
         "{}",
         failure.message
+    );
+}
+
+#[tokio::test]
+async fn oversized_event_fails_for_good() {
+    let exchange = unique_name("exchange");
+    let mut reader = QueueReader::bind(&required_env("TEST_AMQP_URL"), &exchange, "#").await;
+    let mut config = broker_config(&exchange, "");
+    config.max_message_bytes = 200;
+    let publisher = AmqpEventPublisher::new(config);
+    let mut large = outbox_event(2, "order.created");
+    large.payload = json!({ "padding": "x".repeat(500) });
+
+    let outcomes = publisher
+        .publish(&[
+            outbox_event(1, "order.created"),
+            large,
+            outbox_event(3, "order.created"),
+        ])
+        .await
+        .expect("broker is reachable");
+
+    assert_eq!(outcomes[0], Ok(()));
+    let failure = outcomes[1].clone().unwrap_err();
+    assert!(failure.permanent);
+    assert!(
+        failure.message.contains("max_message_bytes"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(outcomes[2], Ok(()));
+    let received = reader.receive(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        received.len(),
+        2,
+        "the events around the oversized one are published"
     );
 }
 

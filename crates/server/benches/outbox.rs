@@ -100,6 +100,7 @@ fn broker_config(exchange: &str, queue: &str) -> conf::BrokerConfig {
         queue_type: "classic".into(),
         app_id: "bench".into(),
         confirm_timeout_ms: 30_000,
+        max_message_bytes: 128 * 1024 * 1024,
     }
 }
 
