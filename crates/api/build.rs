@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let protos = [proto_root.join("order/v1/order.proto")];
+    let protos = [
+        proto_root.join("order/v1/order.proto"),
+        proto_root.join("order/v1/outbox_admin.proto"),
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -5,6 +5,7 @@ pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::{MigrationTrait, async_trait};
 
 mod m20261204_000001_create_tables;
+mod m20261204_000002_create_inbox;
 
 /// PostgreSQL channel that `outbox_events` inserts notify, so relays wake without polling.
 pub const OUTBOX_NOTIFY_CHANNEL: &str = "outbox_events";
@@ -14,6 +15,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261204_000001_create_tables::Migration)]
+        vec![
+            Box::new(m20261204_000001_create_tables::Migration),
+            Box::new(m20261204_000002_create_inbox::Migration),
+        ]
     }
 }

@@ -25,6 +25,36 @@ impl ValidationError {
     }
 }
 
+/// Longest part of a rejected value that error messages repeat, in characters.
+const MAX_QUOTED_CHARS: usize = 40;
+
+/// Quotes `value` for an error message, cut to its first 40 characters. A message that
+/// repeated a huge value would exceed the header limits of gRPC clients (16 KiB by default in
+/// hyper), which then drop the connection instead of showing the error.
+pub fn quote(value: &str) -> String {
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}... ({} characters)", value.chars().count())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_cuts_long_values() {
+        assert_eq!(quote("EUR"), "\"EUR\"");
+        let long = "é".repeat(100_000);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 200, "{quoted}");
+        assert!(quoted.ends_with("... (100000 characters)"), "{quoted}");
+    }
+}
+
 /// Failure of a repository call, as every port in [`crate::ports`] reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod order;
 pub mod order_usecase;
 pub mod outbox;
+pub mod outbox_admin;
 pub mod ports;
 
 pub use dispatch::{DispatchError, DispatchReport, DispatchSettings, OutboxDispatcher};
@@ -17,4 +18,8 @@ pub use order::{
 };
 pub use order_usecase::OrderUseCase;
 pub use outbox::{NewOutboxEvent, OutboxEvent, RetryPolicy};
+pub use outbox_admin::{
+    DeadEventPage, OutboxAdminError, OutboxAdminRepo, OutboxAdminUseCase, OutboxRecord,
+    OutboxStats, OutboxStatus,
+};
 pub use ports::{EventPublisher, OrderRepo, OutboxRepo, PublishError, PublishFailure};

@@ -44,7 +44,7 @@ impl OrderUseCase {
                 debug!(event_id = %event.event_id, "order created");
                 Ok(order)
             }
-            // A concurrent request with the same key won the insert: answer as a replay.
+            // A concurrent request with the same key won the insert: return its order as a replay.
             Err(RepoError::Duplicate(_)) => {
                 let existing = self
                     .repo
@@ -98,7 +98,7 @@ mod tests {
         order::{Currency, OrderItem, UserId},
     };
 
-    /// Keeps orders and events in memory and can be told to fail the next insert.
+    /// Keeps orders and events in memory; `fail_insert` makes the next insert fail.
     #[derive(Default)]
     struct MemoryOrderRepo {
         orders: Mutex<Vec<Order>>,

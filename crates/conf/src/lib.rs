@@ -29,6 +29,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -93,6 +95,15 @@ pub struct OutboxConfig {
     pub backoff_max_ms: u64,
     /// Cron expression with seconds for cron-worker's dispatch job.
     pub cron_schedule: String,
+    /// How long `SENT` rows are kept before cron-worker deletes them.
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
+    /// Cron expression with seconds for cron-worker's deletion of old `SENT` rows.
+    #[serde(default = "default_cleanup_schedule")]
+    pub cleanup_schedule: String,
+    /// Rows deleted per statement by the cleanup job, to keep each transaction short.
+    #[serde(default = "default_cleanup_batch_size")]
+    pub cleanup_batch_size: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -103,6 +114,28 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     #[serde(default)]
     pub log_format: LogFormat,
+}
+
+/// The example consumer, which keeps per-user order totals from `OrderCreated` events.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Durable queue that the consumer declares and binds to `broker.exchange` with the routing
+    /// key `order.created`. It must differ from `broker.queue`, so the two do not share messages.
+    #[serde(default = "default_consumer_queue")]
+    pub queue: String,
+    /// Deliveries the broker sends ahead of the acknowledgements (AMQP `basic.qos`).
+    #[serde(default = "default_consumer_prefetch")]
+    pub prefetch: u16,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            queue: default_consumer_queue(),
+            prefetch: default_consumer_prefetch(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -168,6 +201,9 @@ impl Config {
         if outbox.lease_secs == 0 {
             return Err("outbox.lease_secs must be at least 1".into());
         }
+        if outbox.cleanup_batch_size == 0 {
+            return Err("outbox.cleanup_batch_size must be at least 1".into());
+        }
         if outbox.max_attempts == 0 {
             return Err("outbox.max_attempts must be at least 1".into());
         }
@@ -180,6 +216,7 @@ impl Config {
         if self.broker.exchange.is_empty() {
             return Err("broker.exchange must not be empty".into());
         }
+        self.consumer.validate(&self.broker)?;
         Ok(())
     }
 }
@@ -228,8 +265,30 @@ impl OutboxConfig {
         Duration::from_secs(self.lease_secs)
     }
 
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+impl ConsumerConfig {
+    fn validate(&self, broker: &BrokerConfig) -> Result<(), String> {
+        if self.queue.is_empty() {
+            return Err("consumer.queue must not be empty".into());
+        }
+        if self.queue == broker.queue {
+            return Err(format!(
+                "consumer.queue must differ from broker.queue (both are {:?}); the consumer would take the events meant for that queue's readers",
+                self.queue
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err("consumer.prefetch must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +306,18 @@ fn default_true() -> bool {
     true
 }
 
+fn default_retention_secs() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_cleanup_schedule() -> String {
+    "0 */5 * * * *".into()
+}
+
+fn default_cleanup_batch_size() -> u32 {
+    1000
+}
+
 fn default_queue_type() -> String {
     "classic".into()
 }
@@ -257,6 +328,14 @@ fn default_max_message_bytes() -> usize {
 
 fn default_confirm_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_consumer_queue() -> String {
+    "order.events.user-order-totals".into()
+}
+
+fn default_consumer_prefetch() -> u16 {
+    32
 }
 
 fn default_log_filter() -> String {
@@ -307,6 +386,26 @@ mod tests {
         let error = Config::load_with_env(Path::new(SHIPPED), Some(env)).unwrap_err();
 
         assert!(error.to_string().contains("outbox.batch_size"), "{error}");
+    }
+
+    #[test]
+    fn consumer_section_is_optional() {
+        let config = Config::load(Path::new(SHIPPED)).expect("configs/config.yaml is valid");
+
+        assert_eq!(config.consumer.queue, "order.events.user-order-totals");
+        assert_eq!(config.consumer.prefetch, 32);
+    }
+
+    #[test]
+    fn consumer_queue_must_differ() {
+        let env = HashMap::from([(
+            "APP__CONSUMER__QUEUE".to_string(),
+            "order.events.all".to_string(),
+        )]);
+
+        let error = Config::load_with_env(Path::new(SHIPPED), Some(env)).unwrap_err();
+
+        assert!(error.to_string().contains("consumer.queue"), "{error}");
     }
 
     #[test]

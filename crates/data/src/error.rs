@@ -15,6 +15,24 @@ pub(crate) fn classify(error: DbErr) -> RepoError {
     RepoError::Other(Box::new(error))
 }
 
+/// Returns whether retrying the same operation later may succeed: the cases of `Unavailable`
+/// above, plus PostgreSQL serialization failures (40001) and deadlocks (40P01), which roll
+/// back only the failing transaction.
+pub fn is_transient(error: &DbErr) -> bool {
+    if is_unavailable(error) {
+        return true;
+    }
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(source))
+        | DbErr::Query(RuntimeErr::SqlxError(source)) => matches!(
+            source.as_ref(),
+            sqlx::Error::Database(database)
+                if database.code().is_some_and(|code| code == "40001" || code == "40P01")
+        ),
+        _ => false,
+    }
+}
+
 fn is_unavailable(error: &DbErr) -> bool {
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,

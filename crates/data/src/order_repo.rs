@@ -180,7 +180,7 @@ impl OrderRepo for SeaOrmOrderRepo {
         }
         let mut rows = select.all(&self.db).await.map_err(classify)?;
 
-        // One row past the page tells whether another page follows.
+        // Fetching one row past the page shows whether another page follows.
         let has_more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
         let orders = self.with_items(rows).await?;

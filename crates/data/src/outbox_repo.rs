@@ -32,7 +32,7 @@ const DUE_FILTER: &str = "o.status IN ('PENDING', 'FAILED') \
 
 #[derive(Clone)]
 pub struct SeaOrmOutboxRepo {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
 }
 
 impl SeaOrmOutboxRepo {
@@ -40,11 +40,11 @@ impl SeaOrmOutboxRepo {
         Self { db }
     }
 
-    fn backend(&self) -> DbBackend {
+    pub(crate) fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 
-    fn now(&self) -> &'static str {
+    pub(crate) fn now(&self) -> &'static str {
         match self.backend() {
             DbBackend::Postgres => "now()",
             _ => SQLITE_NOW,
@@ -52,7 +52,7 @@ impl SeaOrmOutboxRepo {
     }
 
     /// Returns the placeholder of parameter `index` (from 1) in this backend's SQL dialect.
-    fn param(&self, index: usize) -> String {
+    pub(crate) fn param(&self, index: usize) -> String {
         match self.backend() {
             DbBackend::Postgres => format!("${index}"),
             _ => "?".to_string(),
@@ -60,7 +60,7 @@ impl SeaOrmOutboxRepo {
     }
 
     /// Returns `now + delay` as SQL with its parameter at `index`, and that parameter.
-    fn now_plus(&self, index: usize, delay: Duration) -> (String, Value) {
+    pub(crate) fn now_plus(&self, index: usize, delay: Duration) -> (String, Value) {
         match self.backend() {
             DbBackend::Postgres => (
                 format!("now() + make_interval(secs => ${index})"),
@@ -83,7 +83,7 @@ impl SeaOrmOutboxRepo {
         )
     }
 
-    fn statement(&self, sql: String, values: Vec<Value>) -> Statement {
+    pub(crate) fn statement(&self, sql: String, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(self.backend(), sql, values)
     }
 }
@@ -246,6 +246,8 @@ fn to_event(row: outbox_events::Model) -> Result<OutboxEvent, RepoError> {
 /// `LISTEN/NOTIFY`. On SQLite there is no such signal and [`Self::listen`] returns `None`.
 pub struct OutboxNotifications {
     listener: sqlx::postgres::PgListener,
+    /// Consecutive failed waits, to log the first and then one in sixty.
+    failures: u64,
 }
 
 impl OutboxNotifications {
@@ -266,14 +268,25 @@ impl OutboxNotifications {
             .listen(migration::OUTBOX_NOTIFY_CHANNEL)
             .await
             .map_err(|error| RepoError::Unavailable(Box::new(error)))?;
-        Ok(Some(Self { listener }))
+        Ok(Some(Self {
+            listener,
+            failures: 0,
+        }))
     }
 
-    /// Waits for the next notification. After a lost connection the listener reconnects by
-    /// itself and this returns, so that the caller polls once for anything missed meanwhile.
+    /// Waits for the next notification. After a lost connection this returns after a pause of
+    /// a second, so that the caller polls once for anything missed meanwhile, and the listener
+    /// reconnects on the next call.
     pub async fn recv(&mut self) {
-        if let Err(error) = self.listener.recv().await {
-            warn!(error = %error, "outbox notification listener failed, reconnecting");
+        match self.listener.recv().await {
+            Ok(_) => self.failures = 0,
+            Err(error) => {
+                self.failures += 1;
+                if self.failures == 1 || self.failures.is_multiple_of(60) {
+                    warn!(error = %error, failures = self.failures, "outbox notification listener failed, reconnecting");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -147,6 +147,25 @@ impl AmqpEventPublisher {
         })
     }
 
+    /// Serializes the payload, rejecting for good what the broker would refuse.
+    fn encode(&self, event: &OutboxEvent) -> Result<Vec<u8>, PublishFailure> {
+        let body = serde_json::to_vec(&event.payload).map_err(|error| PublishFailure {
+            message: format!("failed to encode payload: {error}"),
+            permanent: true,
+        })?;
+        if body.len() > self.config.max_message_bytes {
+            return Err(PublishFailure {
+                message: format!(
+                    "message is {} bytes, more than the broker accepts ({} bytes, broker.max_message_bytes)",
+                    body.len(),
+                    self.config.max_message_bytes
+                ),
+                permanent: true,
+            });
+        }
+        Ok(body)
+    }
+
     fn properties(&self, event: &OutboxEvent) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -165,6 +184,32 @@ impl AmqpEventPublisher {
             .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or_default())
             .with_app_id(self.config.app_id.as_str().into())
             .with_headers(headers)
+    }
+}
+
+/// One event of a batch between sending and its outcome.
+enum InFlight {
+    Sent(PublisherConfirm),
+    /// Not sent, because no retry could help it.
+    Rejected(PublishFailure),
+}
+
+impl InFlight {
+    /// Waits for the confirm; the flag is true when the channel failed rather than the event.
+    async fn outcome(self) -> (Result<(), PublishFailure>, bool) {
+        match self {
+            Self::Rejected(failure) => (Err(failure), false),
+            Self::Sent(confirm) => match confirm.await {
+                Ok(confirmation) => (confirmation_outcome(confirmation), false),
+                Err(error) => {
+                    let failure = PublishFailure {
+                        message: format!("confirm failed: {error}"),
+                        permanent: false,
+                    };
+                    (Err(failure), true)
+                }
+            },
+        }
     }
 }
 
@@ -203,30 +248,12 @@ impl EventPublisher for AmqpEventPublisher {
 
         // Send the whole batch first and collect the confirms afterwards: one round trip per
         // batch instead of one per event.
-        // `None` marks an event that was not sent because no retry could help it.
-        let mut confirms: Vec<Option<PublisherConfirm>> = Vec::with_capacity(events.len());
-        let mut rejected: Vec<Option<PublishFailure>> = Vec::with_capacity(events.len());
+        let mut in_flight = Vec::with_capacity(events.len());
         for event in events {
-            let body = match serde_json::to_vec(&event.payload) {
-                Ok(body) if body.len() <= self.config.max_message_bytes => body,
-                Ok(body) => {
-                    confirms.push(None);
-                    rejected.push(Some(PublishFailure {
-                        message: format!(
-                            "message is {} bytes, more than the broker accepts ({} bytes, broker.max_message_bytes)",
-                            body.len(),
-                            self.config.max_message_bytes
-                        ),
-                        permanent: true,
-                    }));
-                    continue;
-                }
-                Err(error) => {
-                    confirms.push(None);
-                    rejected.push(Some(PublishFailure {
-                        message: format!("failed to encode payload: {error}"),
-                        permanent: true,
-                    }));
+            let body = match self.encode(event) {
+                Ok(body) => body,
+                Err(failure) => {
+                    in_flight.push(InFlight::Rejected(failure));
                     continue;
                 }
             };
@@ -241,10 +268,7 @@ impl EventPublisher for AmqpEventPublisher {
                 )
                 .await;
             match sent {
-                Ok(confirm) => {
-                    confirms.push(Some(confirm));
-                    rejected.push(None);
-                }
+                Ok(confirm) => in_flight.push(InFlight::Sent(confirm)),
                 Err(error) => {
                     slot.take();
                     return Err(PublishError(format!("basic.publish failed: {error}")));
@@ -252,13 +276,8 @@ impl EventPublisher for AmqpEventPublisher {
             }
         }
 
-        let pending = confirms.into_iter().map(|confirm| async move {
-            match confirm {
-                Some(confirm) => Some(confirm.await),
-                None => None,
-            }
-        });
-        let Ok(results) = timeout(self.config.confirm_timeout(), join_all(pending)).await else {
+        let confirmed = join_all(in_flight.into_iter().map(InFlight::outcome));
+        let Ok(results) = timeout(self.config.confirm_timeout(), confirmed).await else {
             warn!(
                 timeout_ms = self.config.confirm_timeout_ms,
                 "publisher confirms timed out"
@@ -268,21 +287,8 @@ impl EventPublisher for AmqpEventPublisher {
                 "timed out waiting for publisher confirms".into(),
             ));
         };
-        let mut outcomes = Vec::with_capacity(results.len());
-        let mut channel_failed = false;
-        for (result, rejection) in results.into_iter().zip(rejected) {
-            match result {
-                None => outcomes.push(Err(rejection.expect("an unsent event has a rejection"))),
-                Some(Ok(confirmation)) => outcomes.push(confirmation_outcome(confirmation)),
-                Some(Err(error)) => {
-                    channel_failed = true;
-                    outcomes.push(Err(PublishFailure {
-                        message: format!("confirm failed: {error}"),
-                        permanent: false,
-                    }));
-                }
-            }
-        }
+        let channel_failed = results.iter().any(|(_, channel_failed)| *channel_failed);
+        let outcomes = results.into_iter().map(|(outcome, _)| outcome).collect();
         if channel_failed {
             slot.take();
         }

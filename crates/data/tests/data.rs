@@ -1,21 +1,31 @@
 //! Repository, migration and publisher tests against real SQLite, PostgreSQL and RabbitMQ.
 //! Every database test runs once per backend, on a database of its own.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use biz::{
     CreateOrder, Currency, EventPublisher, NewOutboxEvent, Order, OrderItem, OrderRepo,
-    OutboxEvent, OutboxRepo, PageQuery, RepoError, RequestId, UserId,
+    OutboxAdminRepo, OutboxEvent, OutboxRepo, OutboxStatus, PageQuery, RepoError, RequestId,
+    UserId,
 };
 use chrono::Utc;
 use data::{
-    AmqpEventPublisher, SeaOrmOrderRepo, SeaOrmOutboxRepo,
-    entity::{order_items, orders, outbox_events},
+    AmqpEventPublisher, Inbox, InboxError, MAX_INBOX_KEY_CHARS, OrderCreated, Processed,
+    ProjectionError, SeaOrmOrderRepo, SeaOrmOutboxRepo, add_to_user_totals,
+    entity::{inbox_messages, order_items, orders, outbox_events, user_order_totals},
 };
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, Statement,
 };
 use serde_json::json;
 use testkit::{QueueReader, required_env, unique_name};
@@ -85,6 +95,18 @@ on_both_backends!(
     failures_count_and_go_dead,
     release_makes_events_due,
     concurrent_relays_claim_each_event_once,
+    dead_events_list_and_redrive,
+    stats_count_by_status,
+    old_sent_rows_are_deleted,
+    inbox_first_delivery_is_processed,
+    inbox_repeat_is_skipped,
+    inbox_handler_error_rolls_back,
+    inbox_concurrent_same_id_once,
+    inbox_waiting_delivery_sees_outcome,
+    inbox_waiting_duplicate_is_skipped,
+    inbox_rejects_invalid_keys,
+    user_totals_add_per_currency,
+    user_totals_overflow_is_rejected,
 );
 
 fn create_request(request_id: &str, user_id: &str) -> CreateOrder {
@@ -642,4 +664,504 @@ async fn unreachable_broker_is_batch_error() {
         .unwrap_err();
 
     assert!(!error.to_string().contains("secret-password"), "{error}");
+}
+
+/// Claims `id` and marks it `DEAD`, as after a permanent publish failure.
+async fn kill_event(outbox: &SeaOrmOutboxRepo, id: i64) {
+    let claimed = outbox.claim("relay", 100, LEASE).await.unwrap();
+    assert!(ids(&claimed).contains(&id), "event {id} is due");
+    outbox
+        .mark_failed("relay", id, "message too large", None)
+        .await
+        .unwrap();
+    let others: Vec<i64> = ids(&claimed)
+        .into_iter()
+        .filter(|other| *other != id)
+        .collect();
+    outbox.release("relay", &others).await.unwrap();
+}
+
+async fn dead_events_list_and_redrive(db: DatabaseConnection) {
+    let outbox = SeaOrmOutboxRepo::new(db.clone());
+    let mut dead = Vec::new();
+    for index in 0..3 {
+        let id = insert_event(&db, &format!("order-{index}")).await;
+        kill_event(&outbox, id).await;
+        dead.push(id);
+    }
+    let alive = insert_event(&db, "order-alive").await;
+
+    let first = outbox.list_dead(None, 2).await.unwrap();
+    let rest = outbox.list_dead(Some(first[1].id), 2).await.unwrap();
+    let listed: Vec<i64> = first.iter().chain(&rest).map(|record| record.id).collect();
+    assert_eq!(listed, dead);
+    assert_eq!(first[0].status, OutboxStatus::Dead);
+    assert_eq!(first[0].last_error.as_deref(), Some("message too large"));
+    assert_eq!(first[0].retry_count, 1);
+
+    let event_id = first[0].event_id;
+    assert!(outbox.redrive(event_id).await.unwrap());
+    assert!(
+        !outbox.redrive(event_id).await.unwrap(),
+        "a PENDING event is not re-driven"
+    );
+    let record = outbox.find(event_id).await.unwrap().expect("event exists");
+    assert_eq!(record.status, OutboxStatus::Pending);
+    assert_eq!(record.retry_count, 0);
+    let alive_id = event_row(&db, alive).await.event_id;
+    assert!(!outbox.redrive(alive_id).await.unwrap());
+
+    assert_eq!(outbox.redrive_all_dead().await.unwrap(), 2);
+    assert!(outbox.list_dead(None, 10).await.unwrap().is_empty());
+    let due = outbox.claim("relay", 100, LEASE).await.unwrap();
+    assert_eq!(due.len(), 4, "re-driven events are due again");
+    assert!(outbox.find(Uuid::new_v4()).await.unwrap().is_none());
+}
+
+async fn stats_count_by_status(db: DatabaseConnection) {
+    let outbox = SeaOrmOutboxRepo::new(db.clone());
+    let empty = outbox.stats().await.unwrap();
+    assert_eq!(empty, biz::OutboxStats::default());
+
+    let sent = insert_event(&db, "order-sent").await;
+    let dead = insert_event(&db, "order-dead").await;
+    let failed = insert_event(&db, "order-failed").await;
+    let pending = insert_event(&db, "order-pending").await;
+    outbox.claim("relay", 100, LEASE).await.unwrap();
+    outbox.mark_sent("relay", &[sent]).await.unwrap();
+    outbox
+        .mark_failed("relay", dead, "too large", None)
+        .await
+        .unwrap();
+    outbox
+        .mark_failed("relay", failed, "nacked", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    outbox.release("relay", &[pending]).await.unwrap();
+
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(stats.sent, 1);
+    assert_eq!(stats.dead, 1);
+    assert_eq!(stats.failed, 1);
+    assert_eq!(stats.pending, 1);
+    let oldest = stats.oldest_unsent_at.expect("unsent rows exist");
+    assert_eq!(oldest, event_row(&db, failed).await.created_at);
+}
+
+async fn old_sent_rows_are_deleted(db: DatabaseConnection) {
+    let outbox = SeaOrmOutboxRepo::new(db.clone());
+    let mut sent = Vec::new();
+    for index in 0..5 {
+        sent.push(insert_event(&db, &format!("order-{index}")).await);
+    }
+    let unsent = insert_event(&db, "order-unsent").await;
+    let claimed = outbox.claim("relay", 100, LEASE).await.unwrap();
+    outbox.mark_sent("relay", &sent).await.unwrap();
+    outbox.release("relay", &[unsent]).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+
+    // Rows published a moment ago are younger than an hour.
+    assert_eq!(
+        outbox
+            .delete_sent(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // With no retention every SENT row is old enough, in batches of at most `limit`.
+    assert_eq!(outbox.delete_sent(Duration::ZERO, 3).await.unwrap(), 3);
+    assert_eq!(outbox.delete_sent(Duration::ZERO, 3).await.unwrap(), 2);
+    assert_eq!(outbox.delete_sent(Duration::ZERO, 3).await.unwrap(), 0);
+
+    let left = outbox_events::Entity::find().all(&db).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, unsent);
+}
+
+const CONSUMER: &str = "user-order-totals";
+
+fn order_created(event_id: &str, user_id: &str, currency: &str, total_amount: i64) -> OrderCreated {
+    let body = json!({
+        "event_id": event_id,
+        "order_id": format!("order-{event_id}"),
+        "user_id": user_id,
+        "currency": currency,
+        "total_amount": total_amount,
+    });
+    OrderCreated::parse(
+        Some(event_id),
+        Some("OrderCreated"),
+        body.to_string().as_bytes(),
+    )
+    .expect("test message is valid")
+}
+
+/// Processes `order` through `inbox` with the example consumer's projection update, counting
+/// the handler's calls in `calls`.
+async fn add_order(
+    inbox: &Inbox,
+    order: &OrderCreated,
+    calls: &Arc<AtomicUsize>,
+) -> Result<Processed<()>, InboxError<ProjectionError>> {
+    let order = order.clone();
+    let calls = calls.clone();
+    inbox
+        .process(&order.event_id.clone(), move |txn| {
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                add_to_user_totals(txn, &order).await
+            })
+        })
+        .await
+}
+
+async fn user_totals(
+    db: &DatabaseConnection,
+    user_id: &str,
+    currency: &str,
+) -> Option<user_order_totals::Model> {
+    user_order_totals::Entity::find_by_id((user_id.to_string(), currency.to_string()))
+        .one(db)
+        .await
+        .expect("query succeeds")
+}
+
+async fn inbox_rows(db: &DatabaseConnection) -> u64 {
+    inbox_messages::Entity::find()
+        .count(db)
+        .await
+        .expect("count succeeds")
+}
+
+async fn inbox_first_delivery_is_processed(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    let outcome = add_order(
+        &inbox,
+        &order_created("event-1", "alice", "EUR", 2500),
+        &calls,
+    )
+    .await
+    .expect("processing succeeds");
+
+    assert_eq!(outcome, Processed::Handled(()));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let rows = inbox_messages::Entity::find().all(&db).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].consumer, CONSUMER);
+    assert_eq!(rows[0].message_id, "event-1");
+    let totals = user_totals(&db, "alice", "EUR").await.expect("totals row");
+    assert_eq!(totals.order_count, 1);
+    assert_eq!(totals.total_amount, 2500);
+}
+
+async fn inbox_repeat_is_skipped(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = order_created("event-1", "alice", "EUR", 2500);
+    add_order(&inbox, &first, &calls).await.unwrap();
+
+    let repeat = add_order(&inbox, &first, &calls).await.unwrap();
+
+    assert_eq!(repeat, Processed::Duplicate);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(inbox_rows(&db).await, 1);
+    let totals = user_totals(&db, "alice", "EUR").await.unwrap();
+    assert_eq!(totals.order_count, 1);
+    assert_eq!(totals.total_amount, 2500);
+
+    // A new id counts, and another consumer processes the same id on its own.
+    let second = order_created("event-2", "alice", "EUR", 100);
+    assert_eq!(
+        add_order(&inbox, &second, &calls).await.unwrap(),
+        Processed::Handled(())
+    );
+    let other_consumer = Inbox::new(db.clone(), "audit-log").unwrap();
+    let outcome = other_consumer
+        .process("event-1", |_txn| {
+            Box::pin(async { Ok::<_, ProjectionError>(7) })
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Processed::Handled(7));
+    assert_eq!(inbox_rows(&db).await, 3);
+    let totals = user_totals(&db, "alice", "EUR").await.unwrap();
+    assert_eq!(totals.order_count, 2);
+    assert_eq!(totals.total_amount, 2600);
+}
+
+async fn inbox_handler_error_rolls_back(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let order = order_created("event-1", "alice", "EUR", 2500);
+
+    // The handler writes, then fails: its write must go with the inbox row.
+    let failing = order.clone();
+    let error = inbox
+        .process("event-1", move |txn| {
+            Box::pin(async move {
+                add_to_user_totals(txn, &failing).await.unwrap();
+                Err::<(), _>("downstream check failed".to_string())
+            })
+        })
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&error, InboxError::Handler(message) if message == "downstream check failed"),
+        "{error}"
+    );
+    assert!(!error.is_transient());
+    assert_eq!(inbox_rows(&db).await, 0);
+    assert!(user_totals(&db, "alice", "EUR").await.is_none());
+
+    // Nothing was recorded, so the next delivery is processed afresh.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let retry = add_order(&inbox, &order, &calls).await.unwrap();
+    assert_eq!(retry, Processed::Handled(()));
+    assert_eq!(
+        user_totals(&db, "alice", "EUR").await.unwrap().order_count,
+        1
+    );
+}
+
+async fn inbox_concurrent_same_id_once(db: DatabaseConnection) {
+    const DELIVERIES: usize = 8;
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let order = order_created("event-1", "alice", "EUR", 2500);
+    let start = Arc::new(tokio::sync::Barrier::new(DELIVERIES));
+
+    let deliveries: Vec<_> = (0..DELIVERIES)
+        .map(|_| {
+            let (inbox, order, calls, start) =
+                (inbox.clone(), order.clone(), calls.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                add_order(&inbox, &order, &calls).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for delivery in deliveries {
+        outcomes.push(
+            delivery
+                .await
+                .expect("task finishes")
+                .expect("processing succeeds"),
+        );
+    }
+
+    let handled = outcomes
+        .iter()
+        .filter(|outcome| **outcome == Processed::Handled(()))
+        .count();
+    assert_eq!(handled, 1, "{outcomes:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(inbox_rows(&db).await, 1);
+    let totals = user_totals(&db, "alice", "EUR").await.unwrap();
+    assert_eq!(totals.order_count, 1);
+    assert_eq!(totals.total_amount, 2500);
+}
+
+/// Waits until some session waits for a lock, on PostgreSQL; SQLite shows no such state, so
+/// there the second delivery may also start after the first one ended.
+async fn wait_for_lock_waiter(db: &DatabaseConnection) {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let waiting = testkit::wait_until(Duration::from_secs(10), || async {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS waiting FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .expect("pg_stat_activity query succeeds")
+            .expect("count returns a row");
+        row.try_get::<i64>("", "waiting")
+            .expect("count is an integer")
+            > 0
+    })
+    .await;
+    assert!(
+        waiting,
+        "the second delivery waits for the first one's inbox row"
+    );
+}
+
+/// A delivery of `event-1` whose handler keeps the transaction open until `release` sends
+/// whether the handler succeeds. `handler_running` fires when the handler starts.
+struct HeldDelivery {
+    release: tokio::sync::oneshot::Sender<bool>,
+    handler_running: tokio::sync::oneshot::Receiver<()>,
+    task: tokio::task::JoinHandle<Result<Processed<()>, InboxError<String>>>,
+}
+
+fn held_delivery(inbox: &Inbox, calls: &Arc<AtomicUsize>) -> HeldDelivery {
+    let (release, released) = tokio::sync::oneshot::channel::<bool>();
+    let (entered, handler_running) = tokio::sync::oneshot::channel::<()>();
+    let (inbox, calls) = (inbox.clone(), calls.clone());
+    let task = tokio::spawn(async move {
+        inbox
+            .process("event-1", move |_txn| {
+                Box::pin(async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    entered.send(()).expect("test waits for the handler");
+                    match released.await {
+                        Ok(true) => Ok(()),
+                        _ => Err("released with failure".to_string()),
+                    }
+                })
+            })
+            .await
+    });
+    HeldDelivery {
+        release,
+        handler_running,
+        task,
+    }
+}
+
+async fn inbox_waiting_delivery_sees_outcome(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    // The first delivery fails while a second one waits: the second one processes.
+    let HeldDelivery {
+        release,
+        handler_running,
+        task: first,
+    } = held_delivery(&inbox, &calls);
+    handler_running.await.expect("first handler runs");
+    let HeldDelivery {
+        release: release_second,
+        handler_running: second_running,
+        task: second,
+    } = held_delivery(&inbox, &calls);
+    wait_for_lock_waiter(&db).await;
+    release.send(false).expect("first delivery waits");
+    let first = first.await.unwrap();
+    assert!(matches!(first, Err(InboxError::Handler(_))), "{first:?}");
+    second_running
+        .await
+        .expect("second handler runs after the rollback");
+    release_second.send(true).expect("second delivery waits");
+    assert_eq!(second.await.unwrap().unwrap(), Processed::Handled(()));
+
+    // The id is now recorded, so a third delivery is a duplicate. Its channels are dropped at
+    // once, so a handler that ran by mistake fails instead of waiting forever.
+    let third = held_delivery(&inbox, &calls).task;
+    assert_eq!(third.await.unwrap().unwrap(), Processed::Duplicate);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(inbox_rows(&db).await, 1);
+}
+
+async fn inbox_waiting_duplicate_is_skipped(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    let HeldDelivery {
+        release,
+        handler_running,
+        task: first,
+    } = held_delivery(&inbox, &calls);
+    handler_running.await.expect("first handler runs");
+    // The second delivery's channels are dropped at once, so its handler fails if it runs.
+    let second = held_delivery(&inbox, &calls).task;
+    wait_for_lock_waiter(&db).await;
+    release.send(true).expect("first delivery waits");
+
+    assert_eq!(first.await.unwrap().unwrap(), Processed::Handled(()));
+    assert_eq!(second.await.unwrap().unwrap(), Processed::Duplicate);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn inbox_rejects_invalid_keys(db: DatabaseConnection) {
+    let empty = Inbox::new(db.clone(), "").unwrap_err();
+    assert_eq!(empty.field, "consumer");
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+
+    let long_id = "x".repeat(MAX_INBOX_KEY_CHARS + 1);
+    let error = inbox
+        .process(&long_id, |_txn| Box::pin(async { Ok::<_, String>(()) }))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, InboxError::InvalidMessageId(_)), "{error}");
+    assert!(error.to_string().contains("message_id"), "{error}");
+    assert_eq!(inbox_rows(&db).await, 0);
+}
+
+async fn user_totals_add_per_currency(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let orders = [
+        order_created("event-1", "alice", "EUR", 2500),
+        order_created("event-2", "alice", "EUR", 199),
+        order_created("event-3", "alice", "USD", 1000),
+        order_created("event-4", "bob", "EUR", 0),
+    ];
+
+    for order in &orders {
+        add_order(&inbox, order, &calls).await.unwrap();
+    }
+
+    let alice_eur = user_totals(&db, "alice", "EUR").await.unwrap();
+    assert_eq!(alice_eur.order_count, 2);
+    assert_eq!(alice_eur.total_amount, 2699);
+    let alice_usd = user_totals(&db, "alice", "USD").await.unwrap();
+    assert_eq!(alice_usd.order_count, 1);
+    assert_eq!(alice_usd.total_amount, 1000);
+    let bob_eur = user_totals(&db, "bob", "EUR").await.unwrap();
+    assert_eq!(bob_eur.order_count, 1);
+    assert_eq!(bob_eur.total_amount, 0);
+}
+
+async fn user_totals_overflow_is_rejected(db: DatabaseConnection) {
+    let inbox = Inbox::new(db.clone(), CONSUMER).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    add_order(
+        &inbox,
+        &order_created("event-1", "alice", "EUR", i64::MAX - 10),
+        &calls,
+    )
+    .await
+    .unwrap();
+
+    let error = add_order(
+        &inbox,
+        &order_created("event-2", "alice", "EUR", 11),
+        &calls,
+    )
+    .await
+    .unwrap_err();
+
+    assert!(
+        matches!(
+            error,
+            InboxError::Handler(ProjectionError::TotalOverflow { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        inbox_rows(&db).await,
+        1,
+        "the overflowing message is not recorded"
+    );
+    let totals = user_totals(&db, "alice", "EUR").await.unwrap();
+    assert_eq!(totals.order_count, 1);
+    assert_eq!(totals.total_amount, i64::MAX - 10);
+    let fits = add_order(
+        &inbox,
+        &order_created("event-3", "alice", "EUR", 10),
+        &calls,
+    )
+    .await;
+    assert_eq!(fits.unwrap(), Processed::Handled(()));
+    assert_eq!(
+        user_totals(&db, "alice", "EUR").await.unwrap().total_amount,
+        i64::MAX
+    );
 }

@@ -4,13 +4,21 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use api::order::v1::order_service_server::OrderServiceServer;
-use service::OrderService;
+use api::order::v1::{
+    order_service_server::OrderServiceServer, outbox_admin_server::OutboxAdminServer,
+};
+use service::{OrderService, OutboxAdminService};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tracing::info;
+
+/// The gRPC services order-server hosts.
+pub struct Services {
+    pub orders: OrderService,
+    pub outbox_admin: OutboxAdminService,
+}
 
 /// Binds `addr`, then serves until `shutdown` is cancelled and in-flight calls finish.
 ///
@@ -19,12 +27,15 @@ use tracing::info;
 /// Fails when the address cannot be bound or the server stops with a transport error.
 pub async fn serve(
     addr: SocketAddr,
-    orders: OrderService,
+    services: Services,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OrderServiceServer<OrderService>>()
+        .await;
+    health_reporter
+        .set_serving::<OutboxAdminServer<OutboxAdminService>>()
         .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -52,13 +63,17 @@ pub async fn serve(
             health_reporter
                 .set_not_serving::<OrderServiceServer<OrderService>>()
                 .await;
+            health_reporter
+                .set_not_serving::<OutboxAdminServer<OutboxAdminService>>()
+                .await;
         }
     };
     Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OrderServiceServer::new(orders))
+        .add_service(OrderServiceServer::new(services.orders))
+        .add_service(OutboxAdminServer::new(services.outbox_admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await
         .context("grpc server failed")?;

@@ -1,11 +1,12 @@
-//! The two ways of running the outbox relay: `daemon` loops continuously and sleeps only when
-//! the outbox is idle; `cron` drains the outbox on a cron schedule.
+//! The ways of running the outbox jobs. `run_daemon` loops continuously and sleeps only when
+//! the outbox is idle, `run_cron` drains it on a cron schedule, and `run_cleanup` deletes old
+//! `SENT` rows on another.
 
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use biz::{OutboxDispatcher, dispatch::DispatchError};
+use biz::{OutboxAdminUseCase, OutboxDispatcher, dispatch::DispatchError};
 use chrono::Utc;
 use data::OutboxNotifications;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +44,8 @@ async fn wait(duration: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Runs the relay until `shutdown`: drains the outbox, then sleeps for `poll_interval` or
-/// until a PostgreSQL notification says new rows committed. A batch in flight when shutdown
+/// Runs the relay until `shutdown`: drains the outbox, then sleeps for `poll_interval` or until
+/// a PostgreSQL notification reports newly committed rows. A batch in flight when shutdown
 /// starts is finished and marked before this returns.
 pub async fn run_daemon(
     dispatcher: &OutboxDispatcher,
@@ -97,49 +98,98 @@ pub async fn run_daemon(
     info!("daemon relay stopped");
 }
 
-/// Runs the relay on `schedule` (cron syntax with seconds) until `shutdown`. Each tick drains
-/// the whole backlog, batch after batch.
+/// Parses a cron expression with seconds, naming the configuration key on failure.
 ///
 /// # Errors
 ///
-/// Fails at once when `schedule` is not a valid cron expression.
+/// Fails when `expression` is not a valid cron expression.
+pub fn parse_schedule(key: &str, expression: &str) -> anyhow::Result<cron::Schedule> {
+    cron::Schedule::from_str(expression).with_context(|| {
+        format!(
+            "{key} {expression:?} is not a cron expression with seconds, such as \"*/10 * * * * *\""
+        )
+    })
+}
+
+/// Runs `job` at every tick of `schedule` until `shutdown`. A tick that comes while the job
+/// still runs is skipped, so runs never overlap.
+async fn run_on_schedule<F, Fut>(
+    name: &str,
+    schedule: &cron::Schedule,
+    shutdown: &CancellationToken,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut consecutive_failures = 0u64;
+    while let Some(next) = schedule.upcoming(Utc).next() {
+        let delay = (next - Utc::now()).to_std().unwrap_or_default();
+        if !wait(delay, shutdown).await {
+            break;
+        }
+        match job().await {
+            Ok(()) => consecutive_failures = 0,
+            Err(error) => {
+                consecutive_failures += 1;
+                if consecutive_failures == 1 || consecutive_failures.is_multiple_of(20) {
+                    warn!(job = name, error = %error, consecutive_failures, "scheduled job failed");
+                } else {
+                    debug!(job = name, error = %error, consecutive_failures, "scheduled job failed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the relay on `schedule` until `shutdown`. Each tick drains the whole backlog, batch
+/// after batch.
 pub async fn run_cron(
     dispatcher: &OutboxDispatcher,
-    schedule: &str,
+    schedule: &cron::Schedule,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let schedule = cron::Schedule::from_str(schedule).with_context(|| {
-        format!("outbox.cron_schedule {schedule:?} is not a cron expression with seconds, such as \"*/10 * * * * *\"")
-    })?;
+) {
     info!(
         relay_id = %dispatcher.settings().relay_id,
         schedule = %schedule,
         "cron relay started"
     );
-    let mut consecutive_failures = 0u64;
-    while let Some(next) = schedule.upcoming(Utc).next() {
-        let delay = (next - Utc::now()).to_std().unwrap_or_default();
-        if !wait(delay, &shutdown).await {
-            break;
-        }
-        match dispatcher
+    run_on_schedule("dispatch", schedule, &shutdown, || async {
+        let report = dispatcher
             .drain(MAX_BATCHES_PER_TICK, || shutdown.is_cancelled())
             .await
-        {
-            Ok(report) => {
-                consecutive_failures = 0;
-                debug!(
-                    claimed = report.claimed,
-                    sent = report.sent,
-                    "cron tick done"
-                );
-            }
-            Err(error) => {
-                consecutive_failures += 1;
-                log_failure(&error, consecutive_failures);
-            }
-        }
-    }
+            .map_err(|error| error.to_string())?;
+        debug!(
+            claimed = report.claimed,
+            sent = report.sent,
+            "cron tick done"
+        );
+        Ok(())
+    })
+    .await;
     info!("cron relay stopped");
-    Ok(())
+}
+
+/// Deletes `SENT` rows older than `retention` on `schedule` until `shutdown`.
+pub async fn run_cleanup(
+    admin: &OutboxAdminUseCase,
+    schedule: &cron::Schedule,
+    retention: Duration,
+    batch_size: u32,
+    shutdown: CancellationToken,
+) {
+    info!(
+        schedule = %schedule,
+        retention_secs = retention.as_secs(),
+        "outbox cleanup started"
+    );
+    run_on_schedule("cleanup", schedule, &shutdown, || async {
+        admin
+            .delete_sent(retention, batch_size, MAX_BATCHES_PER_TICK)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    info!("outbox cleanup stopped");
 }

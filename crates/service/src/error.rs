@@ -5,7 +5,7 @@ use tonic::Status;
 use tracing::error;
 
 /// Maps an [`OrderError`] to the status a client can act on. Storage failures are logged here,
-/// once, because nothing above this layer sees them again.
+/// once, because no layer above this one logs them.
 pub fn status_from(error: OrderError) -> Status {
     match error {
         OrderError::Invalid(invalid) => invalid_argument(invalid),

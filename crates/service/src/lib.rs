@@ -4,6 +4,8 @@
 mod convert;
 mod error;
 mod order;
+mod outbox_admin;
 
 pub use error::status_from;
 pub use order::OrderService;
+pub use outbox_admin::OutboxAdminService;

@@ -63,7 +63,8 @@ pub fn sqlite_url(folder: &std::path::Path) -> String {
     format!("sqlite://{}?mode=rwc", folder.join("order.db").display())
 }
 
-/// Polls `condition` every 50 ms until it holds or `deadline` passes; returns whether it held.
+/// Polls `condition` every 50 ms until it is true or `deadline` passes, and returns whether it
+/// became true.
 pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,

@@ -1,6 +1,10 @@
-//! `cron-worker`: the scheduled outbox relay. Each tick of `outbox.cron_schedule` drains every
-//! due event.
+//! `cron-worker`: the scheduled outbox jobs. Each tick of `outbox.cron_schedule` drains every
+//! due event; each tick of `outbox.cleanup_schedule` deletes `SENT` rows past the retention.
 
+use std::sync::Arc;
+
+use biz::OutboxAdminUseCase;
+use data::SeaOrmOutboxRepo;
 use server::{cli::Args, relay, shutdown, telemetry, wire};
 use tracing::info;
 
@@ -15,11 +19,26 @@ async fn main() -> anyhow::Result<()> {
         "starting cron-worker"
     );
 
+    let outbox = &config.outbox;
+    let dispatch_schedule = relay::parse_schedule("outbox.cron_schedule", &outbox.cron_schedule)?;
+    let cleanup_schedule =
+        relay::parse_schedule("outbox.cleanup_schedule", &outbox.cleanup_schedule)?;
+
     let db = wire::open_database(&config).await?;
     let shutdown = shutdown::on_signal();
     let dispatcher =
         wire::outbox_dispatcher(&config, db.clone(), wire::relay_id("cron-worker")).await;
-    relay::run_cron(&dispatcher, &config.outbox.cron_schedule, shutdown).await?;
+    let admin = OutboxAdminUseCase::new(Arc::new(SeaOrmOutboxRepo::new(db.clone())));
+    tokio::join!(
+        relay::run_cron(&dispatcher, &dispatch_schedule, shutdown.clone()),
+        relay::run_cleanup(
+            &admin,
+            &cleanup_schedule,
+            outbox.retention(),
+            outbox.cleanup_batch_size,
+            shutdown,
+        ),
+    );
 
     db.close().await?;
     info!("cron-worker stopped");

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use biz::OrderUseCase;
-use data::SeaOrmOrderRepo;
+use biz::{OrderUseCase, OutboxAdminUseCase};
+use data::{SeaOrmOrderRepo, SeaOrmOutboxRepo};
 use server::{cli::Args, grpc, shutdown, telemetry, wire};
-use service::OrderService;
+use service::{OrderService, OutboxAdminService};
 use tracing::info;
 
 #[tokio::main]
@@ -23,8 +23,15 @@ async fn main() -> anyhow::Result<()> {
     let orders = Arc::new(OrderUseCase::new(Arc::new(SeaOrmOrderRepo::new(
         db.clone(),
     ))));
+    let admin = Arc::new(OutboxAdminUseCase::new(Arc::new(SeaOrmOutboxRepo::new(
+        db.clone(),
+    ))));
     let shutdown = shutdown::on_signal();
-    grpc::serve(config.server.grpc_addr, OrderService::new(orders), shutdown).await?;
+    let services = grpc::Services {
+        orders: OrderService::new(orders),
+        outbox_admin: OutboxAdminService::new(admin),
+    };
+    grpc::serve(config.server.grpc_addr, services, shutdown).await?;
 
     db.close().await?;
     info!("order-server stopped");

@@ -2,7 +2,9 @@
 //! called through the real grpcurl binary and a tonic client. This file holds the harness; each
 //! module holds the tests of one area.
 
+mod consumer;
 mod order_api;
+mod outbox_admin;
 
 use std::{
     collections::HashSet,
@@ -169,6 +171,11 @@ async fn create_order(client: &mut OrderServiceClient<Channel>, request_id: &str
         .into_inner()
         .order
         .expect("response carries the order")
+}
+
+/// Returns a random UUID that names nothing in any database.
+fn uuid_v4() -> String {
+    unique_name("x").trim_start_matches("x_").to_string()
 }
 
 fn grpcurl(args: &[&str]) -> Value {

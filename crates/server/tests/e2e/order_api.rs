@@ -5,7 +5,7 @@ use std::{collections::HashSet, process::Command, time::Duration};
 use api::order::v1::{self as pb, GetOrderRequest, ListOrdersRequest};
 use data::entity::outbox_events;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-use testkit::{QueueReader, RabbitNode, required_env, unique_name};
+use testkit::{QueueReader, RabbitNode, required_env};
 use tonic::Code;
 
 use super::*;
@@ -145,10 +145,6 @@ async fn tonic_client_gets_and_lists() {
     assert_eq!(missing.code(), Code::NotFound);
 
     stack.stop().await;
-}
-
-fn uuid_v4() -> String {
-    unique_name("x").trim_start_matches("x_").to_string()
 }
 
 #[tokio::test]
