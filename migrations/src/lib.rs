@@ -6,6 +6,7 @@ use sea_orm_migration::{MigrationTrait, async_trait};
 
 mod m20261204_000001_create_tables;
 mod m20261204_000002_create_inbox;
+mod m20261204_000003_index_unsent_outbox_rows;
 
 /// PostgreSQL channel that `outbox_events` inserts notify, so relays wake without polling.
 pub const OUTBOX_NOTIFY_CHANNEL: &str = "outbox_events";
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261204_000001_create_tables::Migration),
             Box::new(m20261204_000002_create_inbox::Migration),
+            Box::new(m20261204_000003_index_unsent_outbox_rows::Migration),
         ]
     }
 }
