@@ -3,11 +3,11 @@
 
 use std::{collections::HashSet, fmt, str::FromStr};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::error::ValidationError;
+use crate::error::{ValidationError, quote};
 
 /// Maximum length of `request_id` and `user_id`, in characters.
 pub const MAX_ID_LEN: usize = 128;
@@ -46,7 +46,7 @@ impl OrderId {
         }
         Uuid::from_str(value)
             .map(Self)
-            .map_err(|_| ValidationError::new(field, format!("{value:?} is not a UUID")))
+            .map_err(|_| ValidationError::new(field, format!("{} is not a UUID", quote(value))))
     }
 }
 
@@ -164,12 +164,17 @@ impl Currency {
         if value.is_empty() {
             return Err(ValidationError::new("currency", "must not be empty"));
         }
-        iso_currency::Currency::from_code(value).map(Self).ok_or_else(|| {
-            ValidationError::new(
-                "currency",
-                format!("{value:?} is not an ISO 4217 code; use three upper-case letters such as EUR"),
-            )
-        })
+        iso_currency::Currency::from_code(value)
+            .map(Self)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "currency",
+                    format!(
+                        "{} is not an ISO 4217 code; use three upper-case letters such as EUR",
+                        quote(value)
+                    ),
+                )
+            })
     }
 
     pub fn code(&self) -> &'static str {
@@ -356,8 +361,10 @@ pub struct Order {
 }
 
 impl Order {
-    /// Creates a new pending order from a validated request.
+    /// Creates a new pending order from a validated request. Times are cut to microseconds,
+    /// the precision PostgreSQL stores, so that a read returns what the create returned.
     pub fn place(request: CreateOrder, now: DateTime<Utc>) -> Self {
+        let now = now.trunc_subsecs(6);
         Self {
             id: OrderId::new(),
             request_id: request.request_id,
@@ -500,6 +507,16 @@ mod tests {
 
         let other = request(vec![item(0, "a", 2, 5)]).unwrap();
         assert!(!order.matches_request(&other));
+    }
+
+    #[test]
+    fn placed_order_keeps_microseconds() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T10:00:00.123456789Z").unwrap();
+
+        let order = Order::place(request(vec![item(0, "a", 1, 5)]).unwrap(), now.to_utc());
+
+        assert_eq!(order.created_at.timestamp_subsec_nanos(), 123_456_000);
+        assert_eq!(order.updated_at, order.created_at);
     }
 
     #[test]

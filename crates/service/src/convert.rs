@@ -70,3 +70,175 @@ pub(crate) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
         nanos: time.timestamp_subsec_nanos() as i32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// Codes that ISO 4217 defines, so the conversion must accept them.
+    const VALID_CODES: [&str; 5] = ["EUR", "USD", "JPY", "GBP", "CHF"];
+
+    /// Identifiers around every rule: valid, empty, near the length limit in one-, two- and
+    /// three-byte characters, with a control character, with surrounding whitespace, or any
+    /// short Unicode string.
+    fn identifier(max_len: usize) -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z0-9'%_;-]{1,12}",
+            1 => Just(String::new()),
+            1 => proptest::string::string_regex(&format!("[a-zé日]{{{},{}}}", max_len - 2, max_len + 2))
+                .expect("valid regex"),
+            1 => "[a-z]{0,3}[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}][a-z]{0,3}",
+            1 => "[ \\t][a-z]{1,4}|[a-z]{1,4}[ \\t]",
+            1 => ".{0,6}",
+        ]
+    }
+
+    fn currency() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => proptest::sample::select(VALID_CODES.as_slice()).prop_map(str::to_string),
+            1 => "[A-Za-z]{0,5}",
+            1 => ".{0,4}",
+        ]
+    }
+
+    fn item() -> impl Strategy<Value = pb::OrderItem> {
+        // A few one-letter SKUs make repeated SKUs likely.
+        let sku = prop_oneof![2 => "[a-c]", 3 => identifier(biz::order::MAX_SKU_LEN)];
+        let quantity = prop_oneof![
+            0u32..3,
+            1u32..=1_000_000,
+            999_999u32..=1_000_002,
+            Just(u32::MAX),
+        ];
+        let unit_price = prop_oneof![
+            -2i64..3,
+            0i64..1_000_000,
+            (i64::MAX / 4)..=i64::MAX,
+            Just(i64::MIN),
+        ];
+        (sku, quantity, unit_price).prop_map(|(sku, quantity, unit_price)| pb::OrderItem {
+            sku,
+            quantity,
+            unit_price,
+        })
+    }
+
+    fn request() -> impl Strategy<Value = pb::CreateOrderRequest> {
+        let items = prop_oneof![
+            9 => vec(item(), 0..6),
+            1 => vec(item(), 99..=101),
+        ];
+        (
+            identifier(biz::order::MAX_ID_LEN),
+            identifier(biz::order::MAX_ID_LEN),
+            currency(),
+            items,
+        )
+            .prop_map(
+                |(request_id, user_id, currency, items)| pb::CreateOrderRequest {
+                    request_id,
+                    user_id,
+                    currency,
+                    items,
+                },
+            )
+    }
+
+    /// Checks the identifier rule, restated apart from `biz`: 1 to `max_len` characters, no
+    /// control characters and no surrounding whitespace.
+    fn identifier_ok(value: &str, max_len: usize) -> bool {
+        !value.is_empty()
+            && value.chars().count() <= max_len
+            && !value.chars().any(char::is_control)
+            && value.trim() == value
+    }
+
+    fn checked_total(items: &[pb::OrderItem]) -> Option<i64> {
+        items.iter().try_fold(0i64, |total, item| {
+            total.checked_add(item.unit_price.checked_mul(i64::from(item.quantity))?)
+        })
+    }
+
+    fn sku_ok(items: &[pb::OrderItem], index: usize) -> bool {
+        let sku = &items[index].sku;
+        identifier_ok(sku, biz::order::MAX_SKU_LEN)
+            && !items[..index].iter().any(|earlier| &earlier.sku == sku)
+    }
+
+    /// Splits `items[3].quantity` into `(3, "quantity")`.
+    fn item_path(field: &str) -> Option<(usize, &str)> {
+        let rest = field.strip_prefix("items[")?;
+        let (index, name) = rest.split_once("].")?;
+        Some((index.parse().ok()?, name))
+    }
+
+    /// Returns whether `request` breaks the rule of `field`, or `None` for an unknown path.
+    fn breaks_rule(request: &pb::CreateOrderRequest, field: &str) -> Option<bool> {
+        let items = &request.items;
+        let broken = match field {
+            "request_id" => !identifier_ok(&request.request_id, biz::order::MAX_ID_LEN),
+            "user_id" => !identifier_ok(&request.user_id, biz::order::MAX_ID_LEN),
+            "currency" => !VALID_CODES.contains(&request.currency.as_str()),
+            "items" => {
+                items.is_empty()
+                    || items.len() > biz::order::MAX_ITEMS
+                    || checked_total(items).is_none()
+            }
+            _ => {
+                let (index, name) = item_path(field)?;
+                let item = items.get(index)?;
+                match name {
+                    "sku" => !sku_ok(items, index),
+                    "quantity" => item.quantity == 0 || item.quantity > 1_000_000,
+                    "unit_price" => item.unit_price < 0,
+                    _ => return None,
+                }
+            }
+        };
+        Some(broken)
+    }
+
+    fn assert_valid_result(request: &pb::CreateOrderRequest, created: &CreateOrder) {
+        let items = &request.items;
+        assert!(identifier_ok(&request.request_id, biz::order::MAX_ID_LEN));
+        assert!(identifier_ok(&request.user_id, biz::order::MAX_ID_LEN));
+        assert_eq!(created.request_id.as_str(), request.request_id);
+        assert_eq!(created.user_id.as_str(), request.user_id);
+        assert_eq!(created.currency.code(), request.currency);
+        assert!((1..=biz::order::MAX_ITEMS).contains(&items.len()));
+        assert_eq!(created.items.len(), items.len());
+        for (index, (kept, sent)) in created.items.iter().zip(items).enumerate() {
+            assert!(sku_ok(items, index), "items[{index}].sku {:?}", sent.sku);
+            assert!((1..=1_000_000).contains(&sent.quantity));
+            assert!(sent.unit_price >= 0);
+            assert_eq!(kept.sku.as_str(), sent.sku);
+            assert_eq!(kept.quantity, sent.quantity);
+            assert_eq!(kept.unit_price, sent.unit_price);
+        }
+        assert_eq!(Some(created.total_amount), checked_total(items));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn create_order_from_matches_rules(request in request()) {
+            match create_order_from(request.clone()) {
+                Ok(created) => assert_valid_result(&request, &created),
+                Err(error) => {
+                    let broken = breaks_rule(&request, &error.field);
+                    prop_assert!(broken.is_some(), "unknown field path {:?}", error.field);
+                    prop_assert_eq!(
+                        broken,
+                        Some(true),
+                        "{} is reported, but the request keeps that rule: {}",
+                        error.field,
+                        error.message
+                    );
+                }
+            }
+        }
+    }
+}

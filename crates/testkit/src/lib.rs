@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod postgres;
 mod process;
 
 use futures::StreamExt;
@@ -22,6 +23,7 @@ use lapin::{
 use sea_orm::{ConnectionTrait, Database};
 use tokio::process::{Child, Command};
 
+pub use postgres::PostgresNode;
 pub use process::ServiceProcess;
 
 /// Returns the environment variable `name`, which `make test` sets.

@@ -2,7 +2,9 @@
 //! called through the real grpcurl binary and a tonic client. This file holds the harness; each
 //! module holds the tests of one area.
 
+mod bad_input;
 mod consumer;
+mod drills;
 mod order_api;
 mod outbox_admin;
 
