@@ -1165,3 +1165,48 @@ async fn user_totals_overflow_is_rejected(db: DatabaseConnection) {
         i64::MAX
     );
 }
+
+/// A transaction that took its row id early but commits after newer rows were sent must still
+/// be delivered: claims look at row status, not at a high-water mark of sent ids. PostgreSQL
+/// only, because SQLite never lets two write transactions overlap.
+#[tokio::test]
+async fn late_commit_is_still_claimed_postgres() {
+    use sea_orm::TransactionTrait;
+
+    let db = postgres().await.db;
+    let outbox = SeaOrmOutboxRepo::new(db.clone());
+    let late = db.begin().await.unwrap();
+    let now = Utc::now();
+    let early_id = outbox_events::Entity::insert(outbox_events::ActiveModel {
+        id: NotSet,
+        event_id: Set(Uuid::new_v4()),
+        aggregate_type: Set("order".into()),
+        aggregate_id: Set("order-late".into()),
+        event_type: Set("OrderCreated".into()),
+        payload: Set(json!({})),
+        headers: Set(json!({ "routing_key": "order.created" })),
+        status: Set("PENDING".into()),
+        retry_count: Set(0),
+        next_retry_at: Set(None),
+        last_error: Set(None),
+        locked_by: Set(None),
+        locked_until: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        published_at: Set(None),
+    })
+    .exec(&late)
+    .await
+    .unwrap()
+    .last_insert_id;
+
+    let newer = insert_event(&db, "order-newer").await;
+    assert!(newer > early_id, "the open transaction took the lower id");
+    let batch = outbox.claim("relay", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&batch), vec![newer], "the uncommitted row is invisible");
+    outbox.mark_sent("relay", &[newer]).await.unwrap();
+
+    late.commit().await.unwrap();
+    let batch = outbox.claim("relay", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&batch), vec![early_id]);
+}
