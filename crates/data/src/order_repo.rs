@@ -7,13 +7,11 @@ use biz::{
     Currency, NewOutboxEvent, Order, OrderId, OrderItem, OrderPage, OrderRepo, PageQuery,
     RepoError, RequestId, UserId,
 };
-use chrono::Utc;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
 };
-use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -70,26 +68,7 @@ pub(crate) async fn insert_outbox_event(
     txn: &DatabaseTransaction,
     event: &NewOutboxEvent,
 ) -> Result<(), sea_orm::DbErr> {
-    let now = Utc::now();
-    let row = outbox_events::ActiveModel {
-        id: NotSet,
-        event_id: Set(event.event_id),
-        aggregate_type: Set(event.aggregate_type.clone()),
-        aggregate_id: Set(event.aggregate_id.clone()),
-        event_type: Set(event.event_type.clone()),
-        payload: Set(event.payload.clone()),
-        headers: Set(json!({ "routing_key": event.routing_key })),
-        status: Set(outbox_events::STATUS_PENDING.to_string()),
-        retry_count: Set(0),
-        next_retry_at: Set(None),
-        last_error: Set(None),
-        locked_by: Set(None),
-        locked_until: Set(None),
-        created_at: Set(event.occurred_at),
-        updated_at: Set(now),
-        published_at: Set(None),
-    };
-    outbox_events::Entity::insert(row)
+    outbox_events::Entity::insert(outbox_events::ActiveModel::pending(event))
         .exec_without_returning(txn)
         .await?;
     Ok(())

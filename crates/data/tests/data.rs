@@ -23,9 +23,8 @@ use data::{
 };
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, Statement,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, Statement,
 };
 use serde_json::json;
 use testkit::{QueueReader, required_env, unique_name};
@@ -131,27 +130,22 @@ async fn create_order(repo: &SeaOrmOrderRepo, request_id: &str, user_id: &str) -
     order
 }
 
+/// Returns a bare `OrderCreated` event of aggregate `aggregate_id`.
+fn bare_event(aggregate_id: &str) -> NewOutboxEvent {
+    NewOutboxEvent {
+        event_id: Uuid::new_v4(),
+        aggregate_type: "order".into(),
+        aggregate_id: aggregate_id.into(),
+        event_type: "OrderCreated".into(),
+        routing_key: "order.created".into(),
+        payload: json!({ "aggregate_id": aggregate_id }),
+        occurred_at: Utc::now(),
+    }
+}
+
 /// Inserts a bare outbox event for `aggregate_id` and returns its row id.
 async fn insert_event(db: &DatabaseConnection, aggregate_id: &str) -> i64 {
-    let now = Utc::now();
-    let row = outbox_events::ActiveModel {
-        id: NotSet,
-        event_id: Set(Uuid::new_v4()),
-        aggregate_type: Set("order".into()),
-        aggregate_id: Set(aggregate_id.into()),
-        event_type: Set("OrderCreated".into()),
-        payload: Set(json!({ "aggregate_id": aggregate_id })),
-        headers: Set(json!({ "routing_key": "order.created" })),
-        status: Set("PENDING".into()),
-        retry_count: Set(0),
-        next_retry_at: Set(None),
-        last_error: Set(None),
-        locked_by: Set(None),
-        locked_until: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        published_at: Set(None),
-    };
+    let row = outbox_events::ActiveModel::pending(&bare_event(aggregate_id));
     outbox_events::Entity::insert(row)
         .exec(db)
         .await
@@ -1176,25 +1170,9 @@ async fn late_commit_is_still_claimed_postgres() {
     let db = postgres().await.db;
     let outbox = SeaOrmOutboxRepo::new(db.clone());
     let late = db.begin().await.unwrap();
-    let now = Utc::now();
-    let early_id = outbox_events::Entity::insert(outbox_events::ActiveModel {
-        id: NotSet,
-        event_id: Set(Uuid::new_v4()),
-        aggregate_type: Set("order".into()),
-        aggregate_id: Set("order-late".into()),
-        event_type: Set("OrderCreated".into()),
-        payload: Set(json!({})),
-        headers: Set(json!({ "routing_key": "order.created" })),
-        status: Set("PENDING".into()),
-        retry_count: Set(0),
-        next_retry_at: Set(None),
-        last_error: Set(None),
-        locked_by: Set(None),
-        locked_until: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        published_at: Set(None),
-    })
+    let early_id = outbox_events::Entity::insert(outbox_events::ActiveModel::pending(&bare_event(
+        "order-late",
+    )))
     .exec(&late)
     .await
     .unwrap()

@@ -31,11 +31,7 @@ use lapin::{
     },
     types::FieldTable,
 };
-use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait,
-};
-use serde_json::json;
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, TransactionTrait};
 use testkit::{required_env, unique_name};
 
 const BATCH: u32 = 200;
@@ -113,24 +109,7 @@ async fn seed_outbox(db: &DatabaseConnection, count: usize) -> usize {
             let mut event = NewOutboxEvent::order_created(&sample);
             event.aggregate_id = format!("order-{index}");
             payload_size = serde_json::to_vec(&event.payload).unwrap().len();
-            outbox_events::ActiveModel {
-                id: NotSet,
-                event_id: Set(event.event_id),
-                aggregate_type: Set(event.aggregate_type),
-                aggregate_id: Set(event.aggregate_id),
-                event_type: Set(event.event_type),
-                payload: Set(event.payload),
-                headers: Set(json!({ "routing_key": event.routing_key })),
-                status: Set("PENDING".into()),
-                retry_count: Set(0),
-                next_retry_at: Set(None),
-                last_error: Set(None),
-                locked_by: Set(None),
-                locked_until: Set(None),
-                created_at: Set(event.occurred_at),
-                updated_at: Set(event.occurred_at),
-                published_at: Set(None),
-            }
+            outbox_events::ActiveModel::pending(&event)
         });
         outbox_events::Entity::insert_many(rows)
             .exec_without_returning(&txn)

@@ -27,18 +27,22 @@ impl OrderService {
     }
 }
 
+/// Validates a request's `page_size`: 0 selects [`DEFAULT_PAGE_SIZE`], and sizes above
+/// [`MAX_PAGE_SIZE`] are lowered to it.
+pub(crate) fn page_size(requested: i32) -> Result<u32, ValidationError> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size if size < 0 => Err(ValidationError::new(
+            "page_size",
+            format!("is {size}; use 0 for the default or a positive size"),
+        )),
+        size => Ok(size.unsigned_abs().min(MAX_PAGE_SIZE)),
+    }
+}
+
 fn page_query(request: pb::ListOrdersRequest) -> Result<PageQuery, ValidationError> {
     let user_id = UserId::parse(request.user_id)?;
-    let limit = match request.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        size if size < 0 => {
-            return Err(ValidationError::new(
-                "page_size",
-                format!("is {size}; use 0 for the default or a positive size"),
-            ));
-        }
-        size => (size as u32).min(MAX_PAGE_SIZE),
-    };
+    let limit = page_size(request.page_size)?;
     let after = if request.page_token.is_empty() {
         None
     } else {

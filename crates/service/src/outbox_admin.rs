@@ -11,11 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::{error, instrument};
 use uuid::Uuid;
 
-use crate::{
-    convert::timestamp,
-    error::invalid_argument,
-    order::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-};
+use crate::{convert::timestamp, error::invalid_argument, order::page_size};
 
 pub struct OutboxAdminService {
     admin: Arc<OutboxAdminUseCase>,
@@ -69,16 +65,7 @@ fn record_to_pb(record: OutboxRecord) -> pb::OutboxEvent {
 }
 
 fn page_from(request: &pb::ListDeadEventsRequest) -> Result<(Option<i64>, u32), ValidationError> {
-    let limit = match request.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        size if size < 0 => {
-            return Err(ValidationError::new(
-                "page_size",
-                format!("is {size}; use 0 for the default or a positive size"),
-            ));
-        }
-        size => (size as u32).min(MAX_PAGE_SIZE),
-    };
+    let limit = page_size(request.page_size)?;
     if request.page_token.is_empty() {
         return Ok((None, limit));
     }
@@ -169,6 +156,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+    use crate::order::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
     fn list_request(page_size: i32, page_token: &str) -> pb::ListDeadEventsRequest {
         pb::ListDeadEventsRequest {

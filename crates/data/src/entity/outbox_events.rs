@@ -1,3 +1,6 @@
+use biz::NewOutboxEvent;
+use chrono::Utc;
+use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::entity::prelude::{
     ActiveModelBehavior, DateTimeUtc, DeriveEntityModel, DerivePrimaryKey, DeriveRelation,
     EntityTrait, EnumIter, Json, PrimaryKeyTrait, Uuid,
@@ -40,3 +43,27 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl ActiveModel {
+    /// Returns a new `PENDING` row for `event`, with no attempt made yet.
+    pub fn pending(event: &NewOutboxEvent) -> Self {
+        Self {
+            id: NotSet,
+            event_id: Set(event.event_id),
+            aggregate_type: Set(event.aggregate_type.clone()),
+            aggregate_id: Set(event.aggregate_id.clone()),
+            event_type: Set(event.event_type.clone()),
+            payload: Set(event.payload.clone()),
+            headers: Set(serde_json::json!({ "routing_key": event.routing_key })),
+            status: Set(STATUS_PENDING.to_string()),
+            retry_count: Set(0),
+            next_retry_at: Set(None),
+            last_error: Set(None),
+            locked_by: Set(None),
+            locked_until: Set(None),
+            created_at: Set(event.occurred_at),
+            updated_at: Set(Utc::now()),
+            published_at: Set(None),
+        }
+    }
+}

@@ -10,13 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use biz::NewOutboxEvent;
 use data::entity::outbox_events::{self, STATUS_DEAD, STATUS_SENT};
 use lapin::{
     Connection, ConnectionProperties, message::Delivery, options::QueueDeclareOptions,
     types::FieldTable,
 };
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
     ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
     TransactionTrait,
 };
@@ -69,25 +69,15 @@ async fn open_migrated(stack: &Stack) -> DatabaseConnection {
 }
 
 fn outbox_row(event_id: Uuid, aggregate_id: &str, payload: Value) -> outbox_events::ActiveModel {
-    let now = chrono::Utc::now();
-    outbox_events::ActiveModel {
-        id: NotSet,
-        event_id: Set(event_id),
-        aggregate_type: Set("order".into()),
-        aggregate_id: Set(aggregate_id.into()),
-        event_type: Set("OrderCreated".into()),
-        payload: Set(payload),
-        headers: Set(json!({ "routing_key": "order.created" })),
-        status: Set("PENDING".into()),
-        retry_count: Set(0),
-        next_retry_at: Set(None),
-        last_error: Set(None),
-        locked_by: Set(None),
-        locked_until: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        published_at: Set(None),
-    }
+    outbox_events::ActiveModel::pending(&NewOutboxEvent {
+        event_id,
+        aggregate_type: "order".into(),
+        aggregate_id: aggregate_id.into(),
+        event_type: "OrderCreated".into(),
+        routing_key: "order.created".into(),
+        payload,
+        occurred_at: chrono::Utc::now(),
+    })
 }
 
 /// Inserts `rows` in one transaction, in order, so that their ids follow that order.
