@@ -2,7 +2,10 @@
 //! record each outcome. The worker binaries decide when it runs; this module decides what a
 //! run does.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tracing::{debug, error, info, warn};
 
@@ -80,6 +83,7 @@ impl OutboxDispatcher {
     /// released without counting an attempt. [`DispatchError::Repo`] when the database fails;
     /// leases that could not be updated expire by themselves.
     pub async fn dispatch_batch(&self) -> Result<DispatchReport, DispatchError> {
+        let started = Instant::now();
         let settings = &self.settings;
         let events = self
             .repo
@@ -138,6 +142,9 @@ impl OutboxDispatcher {
             }
             report.sent = sent.len();
         }
+        metrics::counter!("outbox_events_published_total").increment(report.sent as u64);
+        metrics::histogram!("outbox_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(report)
     }
 
@@ -173,6 +180,8 @@ impl OutboxDispatcher {
         self.repo
             .mark_failed(&self.settings.relay_id, event.id, message, retry_in)
             .await?;
+        let result = if retry_in.is_some() { "retry" } else { "dead" };
+        metrics::counter!("outbox_publish_failures_total", "result" => result).increment(1);
         Ok(retry_in.is_none())
     }
 

@@ -41,6 +41,7 @@ impl OrderUseCase {
         tracing::Span::current().record("order_id", tracing::field::display(order.id));
         match self.repo.create_with_event(&order, &event).await {
             Ok(()) => {
+                metrics::counter!("orders_created_total").increment(1);
                 debug!(event_id = %event.event_id, "order created");
                 Ok(order)
             }

@@ -114,6 +114,13 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Address of the Prometheus `/metrics` endpoint; absent serves none. Each process needs
+    /// its own, such as `APP__TELEMETRY__METRICS_ADDR=127.0.0.1:9101`.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often the workers sample the outbox backlog for the metrics.
+    #[serde(default = "default_backlog_sample_secs")]
+    pub backlog_sample_secs: u64,
 }
 
 /// The example consumer, which keeps per-user order totals from `OrderCreated` events.
@@ -151,6 +158,8 @@ impl Default for TelemetryConfig {
         Self {
             log_filter: default_log_filter(),
             log_format: LogFormat::default(),
+            metrics_addr: None,
+            backlog_sample_secs: default_backlog_sample_secs(),
         }
     }
 }
@@ -200,6 +209,9 @@ impl Config {
         }
         if outbox.lease_secs == 0 {
             return Err("outbox.lease_secs must be at least 1".into());
+        }
+        if self.telemetry.backlog_sample_secs == 0 {
+            return Err("telemetry.backlog_sample_secs must be at least 1".into());
         }
         if outbox.cleanup_batch_size == 0 {
             return Err("outbox.cleanup_batch_size must be at least 1".into());
@@ -292,6 +304,12 @@ impl ConsumerConfig {
     }
 }
 
+impl TelemetryConfig {
+    pub fn backlog_sample_interval(&self) -> Duration {
+        Duration::from_secs(self.backlog_sample_secs)
+    }
+}
+
 impl BrokerConfig {
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
@@ -336,6 +354,10 @@ fn default_consumer_queue() -> String {
 
 fn default_consumer_prefetch() -> u16 {
     32
+}
+
+fn default_backlog_sample_secs() -> u64 {
+    15
 }
 
 fn default_log_filter() -> String {

@@ -193,3 +193,43 @@ pub async fn run_cleanup(
     .await;
     info!("outbox cleanup stopped");
 }
+
+/// Publishes the outbox backlog as gauges every `interval` until `shutdown`: rows per status,
+/// and the age of the oldest unsent row (0 when there is none).
+pub async fn run_backlog_sampler(
+    admin: &OutboxAdminUseCase,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut consecutive_failures = 0u64;
+    loop {
+        match admin.stats().await {
+            Ok(stats) => {
+                consecutive_failures = 0;
+                let by_status = [
+                    ("pending", stats.pending),
+                    ("failed", stats.failed),
+                    ("dead", stats.dead),
+                    ("sent", stats.sent),
+                ];
+                for (status, count) in by_status {
+                    metrics::gauge!("outbox_events", "status" => status).set(count as f64);
+                }
+                let age = stats
+                    .oldest_unsent_at
+                    .map(|created_at| (Utc::now() - created_at).as_seconds_f64().max(0.0))
+                    .unwrap_or(0.0);
+                metrics::gauge!("outbox_oldest_unsent_age_seconds").set(age);
+            }
+            Err(error) => {
+                consecutive_failures += 1;
+                if consecutive_failures == 1 || consecutive_failures.is_multiple_of(20) {
+                    warn!(error = %error, consecutive_failures, "outbox backlog sampling failed");
+                }
+            }
+        }
+        if !wait(interval, &shutdown).await {
+            break;
+        }
+    }
+}

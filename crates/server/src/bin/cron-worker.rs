@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let cleanup_schedule =
         relay::parse_schedule("outbox.cleanup_schedule", &outbox.cleanup_schedule)?;
 
+    telemetry::init_metrics(config.telemetry.metrics_addr)?;
     let db = wire::open_database(&config).await?;
     let shutdown = shutdown::on_signal();
     let dispatcher =
@@ -36,8 +37,9 @@ async fn main() -> anyhow::Result<()> {
             &cleanup_schedule,
             outbox.retention(),
             outbox.cleanup_batch_size,
-            shutdown,
+            shutdown.clone(),
         ),
+        relay::run_backlog_sampler(&admin, config.telemetry.backlog_sample_interval(), shutdown),
     );
 
     db.close().await?;

@@ -1,7 +1,10 @@
 //! `daemon-worker`: the low-latency outbox relay. It publishes new events as soon as they
 //! commit, waking on PostgreSQL notifications or polling SQLite.
 
-use data::OutboxNotifications;
+use std::sync::Arc;
+
+use biz::OutboxAdminUseCase;
+use data::{OutboxNotifications, SeaOrmOutboxRepo};
 use server::{cli::Args, relay, shutdown, telemetry, wire};
 use tracing::{info, warn};
 
@@ -17,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         "starting daemon-worker"
     );
 
+    telemetry::init_metrics(config.telemetry.metrics_addr)?;
     let db = wire::open_database(&config).await?;
     let shutdown = shutdown::on_signal();
     let dispatcher =
@@ -28,13 +32,16 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    relay::run_daemon(
-        &dispatcher,
-        notifications,
-        config.outbox.poll_interval(),
-        shutdown,
-    )
-    .await;
+    let admin = OutboxAdminUseCase::new(Arc::new(SeaOrmOutboxRepo::new(db.clone())));
+    tokio::join!(
+        relay::run_daemon(
+            &dispatcher,
+            notifications,
+            config.outbox.poll_interval(),
+            shutdown.clone(),
+        ),
+        relay::run_backlog_sampler(&admin, config.telemetry.backlog_sample_interval(), shutdown),
+    );
 
     db.close().await?;
     info!("daemon-worker stopped");

@@ -17,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
         "starting example-consumer"
     );
 
+    telemetry::init_metrics(config.telemetry.metrics_addr)?;
     let db = wire::open_database(&config).await?;
     let shutdown = shutdown::on_signal();
     let consumer =

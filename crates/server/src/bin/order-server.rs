@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         "starting order-server"
     );
 
+    telemetry::init_metrics(config.telemetry.metrics_addr)?;
     let db = wire::open_database(&config).await?;
     let orders = Arc::new(OrderUseCase::new(Arc::new(SeaOrmOrderRepo::new(
         db.clone(),

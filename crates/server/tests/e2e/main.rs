@@ -5,6 +5,7 @@
 mod bad_input;
 mod consumer;
 mod drills;
+mod metrics;
 mod order_api;
 mod outbox_admin;
 
