@@ -25,7 +25,7 @@ impl ValidationError {
     }
 }
 
-/// Longest part of a rejected value that error messages repeat, in characters.
+/// Maximum length, in characters, of the part of a rejected value that a message repeats.
 const MAX_QUOTED_CHARS: usize = 40;
 
 /// Quotes `value` for an error message, cut to its first 40 characters. A message that
@@ -69,7 +69,7 @@ pub enum RepoError {
     Other(#[source] BoxError),
 }
 
-/// What [`crate::OrderUseCase`] returns.
+/// Failure of an [`crate::OrderUseCase`] call.
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
     #[error(transparent)]

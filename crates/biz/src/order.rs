@@ -379,8 +379,8 @@ impl Order {
         }
     }
 
-    /// Tells whether `request` asks for this very order, so that a retried request with the
-    /// same idempotency key can return it.
+    /// Returns whether `request` has the same content as this order, so that a retried request
+    /// with the same idempotency key gets this order back.
     pub fn matches_request(&self, request: &CreateOrder) -> bool {
         self.request_id == request.request_id
             && self.user_id == request.user_id

@@ -2,9 +2,9 @@
 //! ceiling measured in the same run on the same broker and database.
 //!
 //! - relay: N outbox rows drained by `OutboxDispatcher` (claim, pipelined publish with
-//!   publisher confirms, mark sent) against plain lapin publishing N messages of the same size
-//!   in batches of the same size with confirms, which is what the relay could reach with free
-//!   database work.
+//!   publisher confirms, mark sent). Beside it, plain lapin publishes N messages of the same
+//!   size in batches of the same size with confirms: what the relay could reach if its
+//!   database work were free.
 //! - create: `OrderUseCase::create_order` (validation, idempotency look-up, one transaction for
 //!   order, items and event) from concurrent tasks, against the same three inserts issued as
 //!   raw SQL in one transaction.
@@ -252,7 +252,7 @@ async fn create_run(db: &DatabaseConnection, count: usize, concurrency: usize) -
     start.elapsed()
 }
 
-/// The same rows as a create, inserted as raw SQL in one transaction per order.
+/// Inserts the same rows as a create as raw SQL, in one transaction per order.
 async fn raw_insert_run(db: &DatabaseConnection, count: usize, concurrency: usize) -> Duration {
     let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
     let start = Instant::now();

@@ -1,6 +1,6 @@
 //! End-to-end tests: the real binaries as processes, a real RabbitMQ, SQLite and PostgreSQL,
-//! called through the real grpcurl binary and a tonic client. This file holds the harness; each
-//! module holds the tests of one area.
+//! called through the real grpcurl binary and a tonic client. This file contains the harness, and
+//! each module contains the tests of one area.
 
 mod bad_input;
 mod consumer;
