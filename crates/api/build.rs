@@ -3,8 +3,8 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A protoc on PATH or in PROTOC wins; otherwise use the one vendored as a crate, so a
-    // fresh machine needs nothing outside the crate registry.
+    // A protoc named in PROTOC wins. Otherwise the build uses the one vendored as a crate,
+    // so that a fresh machine needs nothing outside the crate registry.
     if env::var_os("PROTOC").is_none() {
         let protoc = protoc_bin_vendored::protoc_bin_path()?;
         // SAFETY: build scripts are single-threaded, so nothing reads the environment

@@ -25,8 +25,8 @@ impl SecretUrl {
     pub fn redacted(&self) -> String {
         match Url::parse(&self.0) {
             Ok(mut url) if url.password().is_some() => {
-                // Setting a password fails only for URLs that cannot have one, and this one
-                // already has one.
+                // url 2 rejects a password only for URLs with no or an empty host, or the file
+                // scheme, and a URL that parsed with a password is none of these.
                 let _ = url.set_password(Some("***"));
                 url.to_string()
             }

@@ -112,7 +112,8 @@ impl Inbox {
         &self.consumer
     }
 
-    /// Processes message `message_id` at most once for this consumer.
+    /// Runs `handler` for message `message_id` and commits its writes at most once for this
+    /// consumer.
     ///
     /// Begins a transaction and inserts the inbox row. When the row exists already, it rolls
     /// back and returns [`Processed::Duplicate`] without calling `handler`. Otherwise it calls

@@ -50,7 +50,7 @@ impl ServiceProcess {
             .spawn()
             .unwrap_or_else(|error| panic!("failed to start {}: {error}", binary.display()));
 
-        // Drain stdout continuously, so the child never blocks on a full pipe.
+        // Drain stdout continuously, so that the child does not block on a full pipe.
         let stdout = child.stdout.take().expect("stdout is piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let new_line = Arc::new(Notify::new());

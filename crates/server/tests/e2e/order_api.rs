@@ -72,7 +72,7 @@ async fn grpcurl_order_reaches_queue_sqlite() {
         "the event row is marked SENT"
     );
 
-    // Reflection lists the services, and health answers, with no proto files at hand.
+    // Reflection lists the services and health reports SERVING, with no proto files at hand.
     let services = Command::new(required_env("GRPCURL"))
         .args(["-plaintext", &addr, "list"])
         .output()
