@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         proto_root.join("order/v1/order.proto"),
         proto_root.join("order/v1/outbox_admin.proto"),
+        proto_root.join("inventory/v1/inventory.proto"),
+        proto_root.join("payment/v1/payment.proto"),
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());

@@ -8,5 +8,19 @@ pub mod order {
     }
 }
 
+/// `inventory.v1`: the inventory participant of the order saga.
+pub mod inventory {
+    pub mod v1 {
+        tonic::include_proto!("inventory.v1");
+    }
+}
+
+/// `payment.v1`: the payment participant of the order saga.
+pub mod payment {
+    pub mod v1 {
+        tonic::include_proto!("payment.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");
