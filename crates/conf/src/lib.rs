@@ -31,6 +31,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub saga: SagaConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -145,6 +147,113 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// The order saga: where its participants are, and how long and how often it retries them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SagaConfig {
+    /// gRPC address of the inventory service, such as `http://127.0.0.1:9001`.
+    pub inventory_url: String,
+    /// gRPC address of the payment service, such as `http://127.0.0.1:9002`.
+    pub payment_url: String,
+    /// Longest wait for one participant call; a call that takes longer has an unknown outcome
+    /// and is repeated.
+    pub call_timeout_ms: u64,
+    /// How long a forward step (reserve stock, freeze balance) may keep retrying before the
+    /// saga gives up and compensates.
+    pub step_deadline_ms: u64,
+    /// Calls per confirmation or compensation before the saga ends `FAILED`.
+    pub max_attempts: u32,
+    /// First retry delay; each later one doubles, with jitter, up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How long a process owns a saga it runs; after a crash, a worker resumes the saga once
+    /// this has passed on the database clock. It must exceed `call_timeout_ms` plus
+    /// `backoff_max_ms` twice over, since the owner renews it only between calls.
+    pub lease_secs: u64,
+    /// Longest `wait_timeout` a PlaceOrder call may ask for.
+    pub max_wait_secs: u64,
+    /// How often daemon-worker looks for sagas to resume.
+    pub recovery_interval_ms: u64,
+    /// Cron expression with seconds for cron-worker's saga recovery job.
+    pub recovery_schedule: String,
+    /// Sagas one worker resumes at a time.
+    pub recovery_batch_size: u32,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            inventory_url: "http://127.0.0.1:9001".into(),
+            payment_url: "http://127.0.0.1:9002".into(),
+            call_timeout_ms: 2_000,
+            step_deadline_ms: 15_000,
+            max_attempts: 20,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+            lease_secs: 30,
+            max_wait_secs: 60,
+            recovery_interval_ms: 1_000,
+            recovery_schedule: "*/10 * * * * *".into(),
+            recovery_batch_size: 32,
+        }
+    }
+}
+
+impl SagaConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    pub fn step_deadline(&self) -> Duration {
+        Duration::from_millis(self.step_deadline_ms)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_secs)
+    }
+
+    pub fn recovery_interval(&self) -> Duration {
+        Duration::from_millis(self.recovery_interval_ms)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, url) in [
+            ("saga.inventory_url", &self.inventory_url),
+            ("saga.payment_url", &self.payment_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{key} is {url:?}; use an address such as http://127.0.0.1:9001"
+                ));
+            }
+        }
+        if self.call_timeout_ms == 0 || self.step_deadline_ms == 0 {
+            return Err("saga.call_timeout_ms and saga.step_deadline_ms must be at least 1".into());
+        }
+        if self.max_attempts == 0 || self.recovery_batch_size == 0 {
+            return Err("saga.max_attempts and saga.recovery_batch_size must be at least 1".into());
+        }
+        if self.backoff_min_ms > self.backoff_max_ms {
+            return Err(format!(
+                "saga.backoff_min_ms ({}) must not exceed saga.backoff_max_ms ({})",
+                self.backoff_min_ms, self.backoff_max_ms
+            ));
+        }
+        let busy_ms = self.call_timeout_ms + 2 * self.backoff_max_ms;
+        if self.lease_secs.saturating_mul(1000) <= busy_ms {
+            return Err(format!(
+                "saga.lease_secs ({}) must exceed saga.call_timeout_ms plus twice saga.backoff_max_ms ({busy_ms} ms), or a live saga could be resumed twice",
+                self.lease_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -229,6 +338,7 @@ impl Config {
             return Err("broker.exchange must not be empty".into());
         }
         self.consumer.validate(&self.broker)?;
+        self.saga.validate()?;
         Ok(())
     }
 }
@@ -428,6 +538,18 @@ mod tests {
         let error = Config::load_with_env(Path::new(SHIPPED), Some(env)).unwrap_err();
 
         assert!(error.to_string().contains("consumer.queue"), "{error}");
+    }
+
+    #[test]
+    fn saga_lease_must_outlast_a_call_and_its_backoff() {
+        let env = HashMap::from([
+            ("APP__SAGA__LEASE_SECS".to_string(), "5".to_string()),
+            ("APP__SAGA__BACKOFF_MAX_MS".to_string(), "3000".to_string()),
+        ]);
+
+        let error = Config::load_with_env(Path::new(SHIPPED), Some(env)).unwrap_err();
+
+        assert!(error.to_string().contains("saga.lease_secs"), "{error}");
     }
 
     #[test]
