@@ -3,7 +3,7 @@
 
 use std::error::Error as StdError;
 
-use crate::order::OrderId;
+use crate::{order::OrderId, saga_id::SagaId};
 
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -76,6 +76,11 @@ pub enum OrderError {
     Invalid(#[from] ValidationError),
     #[error("order {0} not found")]
     NotFound(OrderId),
+    #[error("saga {0} not found")]
+    SagaNotFound(SagaId),
+    /// The order or its saga is in a state that does not allow the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The idempotency key was used before for a request with different content.
     #[error(
         "request_id {0:?} was already used for a different order; send a new request_id for a new order"

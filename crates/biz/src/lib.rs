@@ -9,6 +9,9 @@ pub mod order_usecase;
 pub mod outbox;
 pub mod outbox_admin;
 pub mod ports;
+pub mod saga;
+pub mod saga_id;
+pub mod saga_usecase;
 
 pub use dispatch::{DispatchError, DispatchReport, DispatchSettings, OutboxDispatcher};
 pub use error::{OrderError, RepoError, ValidationError};
@@ -22,4 +25,10 @@ pub use outbox_admin::{
     DeadEventPage, OutboxAdminError, OutboxAdminRepo, OutboxAdminUseCase, OutboxRecord,
     OutboxStats, OutboxStatus,
 };
-pub use ports::{EventPublisher, OrderRepo, OutboxRepo, PublishError, PublishFailure};
+pub use ports::{
+    CallError, CallErrorKind, EventPublisher, InventoryClient, OrderChange, OrderRepo, OutboxRepo,
+    PaymentClient, PublishError, PublishFailure, SagaRepo,
+};
+pub use saga::{Saga, SagaState, SagaStep, StepName, StepOutcome};
+pub use saga_id::SagaId;
+pub use saga_usecase::{OrderSagaUseCase, PlaceOrder, SagaSettings};

@@ -147,6 +147,10 @@ mod tests {
         async fn list(&self, _query: &PageQuery) -> Result<OrderPage, RepoError> {
             unimplemented!("not used by these tests")
         }
+
+        async fn change_status(&self, _change: &crate::OrderChange) -> Result<bool, RepoError> {
+            unimplemented!("not used by these tests")
+        }
     }
 
     fn create_request(request_id: &str, quantity: u32) -> CreateOrder {

@@ -8,10 +8,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::order::Order;
+use crate::order::{Order, OrderStatus};
 
 pub const AGGREGATE_ORDER: &str = "order";
 pub const EVENT_ORDER_CREATED: &str = "OrderCreated";
+pub const EVENT_ORDER_CONFIRMED: &str = "OrderConfirmed";
+pub const EVENT_ORDER_PAID: &str = "OrderPaid";
+pub const EVENT_ORDER_CANCELLED: &str = "OrderCancelled";
 
 /// An event to insert into `outbox_events` in the same transaction as its business change.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +63,46 @@ impl NewOutboxEvent {
                 "created_at": order.created_at,
             }),
             occurred_at: order.created_at,
+        }
+    }
+}
+
+impl NewOutboxEvent {
+    /// Builds the event of an order that moved to `status`: `OrderConfirmed`, `OrderPaid` or
+    /// `OrderCancelled`, with the cancel `reason` when there is one.
+    pub fn order_status_changed(
+        order: &Order,
+        status: OrderStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let (event_type, routing_key) = match status {
+            OrderStatus::Confirmed => (EVENT_ORDER_CONFIRMED, "order.confirmed"),
+            OrderStatus::Paid => (EVENT_ORDER_PAID, "order.paid"),
+            OrderStatus::Cancelled => (EVENT_ORDER_CANCELLED, "order.cancelled"),
+            OrderStatus::Pending => (EVENT_ORDER_CREATED, "order.created"),
+        };
+        let event_id = Uuid::new_v4();
+        let mut payload = json!({
+            "event_id": event_id,
+            "order_id": order.id.to_string(),
+            "user_id": order.user_id.as_str(),
+            "currency": order.currency.code(),
+            "total_amount": order.total_amount,
+            "status": status.as_str(),
+            "occurred_at": now,
+        });
+        if let Some(reason) = reason {
+            payload["reason"] = Value::from(reason);
+        }
+        Self {
+            event_id,
+            aggregate_type: AGGREGATE_ORDER.to_string(),
+            aggregate_id: order.id.to_string(),
+            event_type: event_type.to_string(),
+            routing_key: routing_key.to_string(),
+            payload,
+            occurred_at: now,
         }
     }
 }

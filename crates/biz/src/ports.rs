@@ -7,9 +7,21 @@ use async_trait::async_trait;
 
 use crate::{
     error::RepoError,
-    order::{Order, OrderId, OrderPage, PageQuery, RequestId},
+    order::{Order, OrderId, OrderItem, OrderPage, OrderStatus, PageQuery, RequestId, UserId},
     outbox::{NewOutboxEvent, OutboxEvent},
+    saga::Saga,
+    saga_id::SagaId,
 };
+
+/// A status change of one order and the event that announces it, written together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderChange {
+    pub order_id: OrderId,
+    /// The change applies only while the order has this status.
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub event: NewOutboxEvent,
+}
 
 #[async_trait]
 pub trait OrderRepo: Send + Sync + 'static {
@@ -34,6 +46,128 @@ pub trait OrderRepo: Send + Sync + 'static {
 
     /// Returns one page of a user's orders, newest first.
     async fn list(&self, query: &PageQuery) -> Result<OrderPage, RepoError>;
+
+    /// Applies `change` and inserts its event in one transaction, when the order still has
+    /// status `change.from`; returns whether it did.
+    async fn change_status(&self, change: &OrderChange) -> Result<bool, RepoError>;
+}
+
+#[async_trait]
+pub trait SagaRepo: Send + Sync + 'static {
+    /// Inserts `order`, its items, its `OrderCreated` event and `saga` in one transaction,
+    /// with `saga` leased to `owner` for `lease` on the database clock.
+    ///
+    /// # Errors
+    ///
+    /// [`RepoError::Duplicate`] when an order with the same `request_id` exists; nothing is
+    /// written then.
+    async fn start(
+        &self,
+        order: &Order,
+        event: &NewOutboxEvent,
+        saga: &Saga,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(), RepoError>;
+
+    /// Writes `saga` over the stored row with version `saga.version`, as version + 1, when
+    /// `owner` still holds its lease, and renews the lease. `change`, when given, is applied
+    /// in the same transaction, and nothing is written unless it applies. Returns false when
+    /// the row moved on or the lease passed to another owner.
+    async fn save(
+        &self,
+        saga: &Saga,
+        owner: &str,
+        lease: Duration,
+        change: Option<&OrderChange>,
+    ) -> Result<bool, RepoError>;
+
+    async fn get(&self, id: SagaId) -> Result<Option<Saga>, RepoError>;
+
+    async fn find_by_order(&self, order_id: OrderId) -> Result<Option<Saga>, RepoError>;
+
+    /// Asks the running saga `id` to compensate; returns false when it is not running.
+    async fn request_cancel(&self, id: SagaId) -> Result<bool, RepoError>;
+
+    /// Leases up to `limit` unfinished sagas whose lease has passed to `owner`, oldest first.
+    async fn claim_stalled(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Saga>, RepoError>;
+
+    /// Ends `owner`'s lease on saga `id`, so that a worker may resume it at once.
+    async fn release(&self, id: SagaId, owner: &str) -> Result<(), RepoError>;
+}
+
+/// How a participant call failed, which decides what the saga does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallErrorKind {
+    /// A business rejection such as too little stock: compensate, never retry.
+    Rejected,
+    /// The participant could not serve the call and did nothing: retry with backoff.
+    Transient,
+    /// No answer, so the call may or may not have taken effect: repeat the same call.
+    Unknown,
+    /// A request the participant can never accept: compensate at once.
+    NonRetryable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CallError {
+    pub kind: CallErrorKind,
+    pub message: String,
+}
+
+/// The inventory service as the saga sees it. Every call is idempotent per saga.
+#[async_trait]
+pub trait InventoryClient: Send + Sync + 'static {
+    async fn reserve(
+        &self,
+        saga: SagaId,
+        items: &[OrderItem],
+        timeout: Duration,
+    ) -> Result<(), CallError>;
+    async fn confirm(
+        &self,
+        saga: SagaId,
+        items: &[OrderItem],
+        timeout: Duration,
+    ) -> Result<(), CallError>;
+    async fn release(
+        &self,
+        saga: SagaId,
+        items: &[OrderItem],
+        timeout: Duration,
+    ) -> Result<(), CallError>;
+}
+
+/// The payment service as the saga sees it. Every call is idempotent per saga.
+#[async_trait]
+pub trait PaymentClient: Send + Sync + 'static {
+    async fn freeze(
+        &self,
+        saga: SagaId,
+        user: &UserId,
+        amount: i64,
+        timeout: Duration,
+    ) -> Result<(), CallError>;
+    async fn confirm(
+        &self,
+        saga: SagaId,
+        user: &UserId,
+        amount: i64,
+        timeout: Duration,
+    ) -> Result<(), CallError>;
+    async fn unfreeze(
+        &self,
+        saga: SagaId,
+        user: &UserId,
+        amount: i64,
+        timeout: Duration,
+    ) -> Result<(), CallError>;
 }
 
 #[async_trait]

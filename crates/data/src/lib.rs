@@ -9,7 +9,9 @@ mod inbox;
 mod order_repo;
 mod outbox_admin_repo;
 mod outbox_repo;
+mod participant_clients;
 mod publisher;
+mod saga_repo;
 
 pub use consumer::{
     CONSUMER_NAME, MalformedMessage, ORDER_CREATED_ROUTING_KEY, OrderCreated, OrderTotalsConsumer,
@@ -20,4 +22,6 @@ pub use error::is_transient;
 pub use inbox::{Inbox, InboxError, InvalidInboxKey, MAX_INBOX_KEY_CHARS, Processed};
 pub use order_repo::SeaOrmOrderRepo;
 pub use outbox_repo::{OutboxNotifications, SeaOrmOutboxRepo};
+pub use participant_clients::{GrpcInventoryClient, GrpcPaymentClient, classify_status};
 pub use publisher::AmqpEventPublisher;
+pub use saga_repo::SeaOrmSagaRepo;

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use biz::{
-    Currency, NewOutboxEvent, Order, OrderId, OrderItem, OrderPage, OrderRepo, PageQuery,
-    RepoError, RequestId, UserId,
+    Currency, NewOutboxEvent, Order, OrderChange, OrderId, OrderItem, OrderPage, OrderRepo,
+    PageQuery, RepoError, RequestId, UserId,
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -63,6 +64,71 @@ impl SeaOrmOrderRepo {
     }
 }
 
+/// Inserts `order` and its items inside `txn`.
+pub(crate) async fn insert_order(
+    txn: &DatabaseTransaction,
+    order: &Order,
+) -> Result<(), sea_orm::DbErr> {
+    orders::Entity::insert(orders::ActiveModel {
+        id: Set(order.id.as_uuid()),
+        request_id: Set(order.request_id.to_string()),
+        user_id: Set(order.user_id.to_string()),
+        status: Set(order.status.as_str().to_string()),
+        currency: Set(order.currency.code().to_string()),
+        total_amount: Set(order.total_amount),
+        version: Set(order.version),
+        created_at: Set(order.created_at),
+        updated_at: Set(order.updated_at),
+    })
+    .exec_without_returning(txn)
+    .await?;
+
+    let lines = order
+        .items
+        .iter()
+        .enumerate()
+        .map(|(line_no, item)| order_items::ActiveModel {
+            id: NotSet,
+            order_id: Set(order.id.as_uuid()),
+            line_no: Set(line_no as i32),
+            sku: Set(item.sku.to_string()),
+            quantity: Set(i64::from(item.quantity)),
+            unit_price: Set(item.unit_price),
+        });
+    order_items::Entity::insert_many(lines)
+        .exec_without_returning(txn)
+        .await?;
+
+    Ok(())
+}
+
+/// Applies `change` inside `txn` when the order still has status `change.from`, with its
+/// event; returns whether it did.
+pub(crate) async fn apply_change(
+    txn: &DatabaseTransaction,
+    change: &OrderChange,
+) -> Result<bool, sea_orm::DbErr> {
+    let result = orders::Entity::update_many()
+        .col_expr(orders::Column::Status, Expr::value(change.to.as_str()))
+        .col_expr(
+            orders::Column::Version,
+            Expr::col(orders::Column::Version).add(1),
+        )
+        .col_expr(
+            orders::Column::UpdatedAt,
+            Expr::value(change.event.occurred_at),
+        )
+        .filter(orders::Column::Id.eq(change.order_id.as_uuid()))
+        .filter(orders::Column::Status.eq(change.from.as_str()))
+        .exec(txn)
+        .await?;
+    if result.rows_affected == 0 {
+        return Ok(false);
+    }
+    insert_outbox_event(txn, &change.event).await?;
+    Ok(true)
+}
+
 /// Inserts an outbox row inside `txn`, so it commits or rolls back with the business change.
 pub(crate) async fn insert_outbox_event(
     txn: &DatabaseTransaction,
@@ -83,40 +149,7 @@ impl OrderRepo for SeaOrmOrderRepo {
         event: &NewOutboxEvent,
     ) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-
-        orders::Entity::insert(orders::ActiveModel {
-            id: Set(order.id.as_uuid()),
-            request_id: Set(order.request_id.to_string()),
-            user_id: Set(order.user_id.to_string()),
-            status: Set(order.status.as_str().to_string()),
-            currency: Set(order.currency.code().to_string()),
-            total_amount: Set(order.total_amount),
-            version: Set(order.version),
-            created_at: Set(order.created_at),
-            updated_at: Set(order.updated_at),
-        })
-        .exec_without_returning(&txn)
-        .await
-        .map_err(classify)?;
-
-        let lines =
-            order
-                .items
-                .iter()
-                .enumerate()
-                .map(|(line_no, item)| order_items::ActiveModel {
-                    id: NotSet,
-                    order_id: Set(order.id.as_uuid()),
-                    line_no: Set(line_no as i32),
-                    sku: Set(item.sku.to_string()),
-                    quantity: Set(i64::from(item.quantity)),
-                    unit_price: Set(item.unit_price),
-                });
-        order_items::Entity::insert_many(lines)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(classify)?;
-
+        insert_order(&txn, order).await.map_err(classify)?;
         insert_outbox_event(&txn, event).await.map_err(classify)?;
 
         // Dropping an uncommitted transaction rolls it back, so every `?` above leaves nothing.
@@ -169,6 +202,16 @@ impl OrderRepo for SeaOrmOrderRepo {
             None
         };
         Ok(OrderPage { orders, next_after })
+    }
+
+    #[instrument(skip_all, fields(order_id = %change.order_id, to = change.to.as_str()), err(Display))]
+    async fn change_status(&self, change: &OrderChange) -> Result<bool, RepoError> {
+        let txn = self.db.begin().await.map_err(classify)?;
+        let applied = apply_change(&txn, change).await.map_err(classify)?;
+        if applied {
+            txn.commit().await.map_err(classify)?;
+        }
+        Ok(applied)
     }
 }
 

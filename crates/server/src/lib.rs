@@ -2,6 +2,7 @@
 //! gRPC server, the relay loops, and shutdown on SIGINT or SIGTERM.
 
 pub mod cli;
+pub mod failpoints;
 pub mod grpc;
 pub mod relay;
 pub mod shutdown;

@@ -1,12 +1,14 @@
-//! The ways of running the outbox jobs. `run_daemon` loops continuously and sleeps only when
-//! the outbox is idle, `run_cron` drains it on a cron schedule, and `run_cleanup` deletes old
-//! `SENT` rows on another.
+//! The ways of running the worker jobs. `run_daemon` loops continuously and sleeps only when
+//! the outbox is idle, `run_cron` drains it on a cron schedule, `run_cleanup` deletes old
+//! `SENT` rows on another, and the saga recovery jobs resume sagas whose owner is gone.
 
 use std::{str::FromStr, time::Duration};
 
 use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use biz::{OutboxAdminUseCase, OutboxDispatcher, dispatch::DispatchError};
+use std::sync::Arc;
+
+use biz::{OrderSagaUseCase, OutboxAdminUseCase, OutboxDispatcher, dispatch::DispatchError};
 use chrono::Utc;
 use data::OutboxNotifications;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +98,65 @@ pub async fn run_daemon(
         }
     }
     info!("daemon relay stopped");
+}
+
+/// Resumes stalled sagas until `shutdown`: right away, then every `interval`, and again at
+/// once while each look finds a full batch. Keeps at most `batch_size` sagas running.
+pub async fn run_saga_recovery(
+    sagas: &Arc<OrderSagaUseCase>,
+    interval: Duration,
+    batch_size: u32,
+    shutdown: CancellationToken,
+) {
+    info!(
+        interval_ms = interval.as_millis() as u64,
+        batch_size, "saga recovery started"
+    );
+    let mut backoff = failure_backoff();
+    let mut consecutive_failures = 0u64;
+    while !shutdown.is_cancelled() {
+        let delay = match sagas.resume_stalled(batch_size).await {
+            Ok(resumed) => {
+                consecutive_failures = 0;
+                backoff = failure_backoff();
+                if resumed > 0 {
+                    debug!(resumed, "sagas resumed");
+                }
+                interval
+            }
+            Err(error) => {
+                consecutive_failures += 1;
+                if consecutive_failures == 1 || consecutive_failures.is_multiple_of(20) {
+                    warn!(error = %error, consecutive_failures, "saga recovery failed, retrying");
+                }
+                backoff.next().unwrap_or(Duration::from_secs(5))
+            }
+        };
+        wait(delay, &shutdown).await;
+    }
+    info!("saga recovery stopped");
+}
+
+/// Resumes stalled sagas once at start-up, then at every tick of `schedule`, until
+/// `shutdown`.
+pub async fn run_saga_recovery_on_schedule(
+    sagas: &Arc<OrderSagaUseCase>,
+    schedule: &cron::Schedule,
+    batch_size: u32,
+    shutdown: CancellationToken,
+) {
+    info!(schedule = %schedule, "scheduled saga recovery started");
+    let job = || async {
+        sagas
+            .resume_stalled(batch_size)
+            .await
+            .map(drop)
+            .map_err(|error| error.to_string())
+    };
+    if let Err(error) = job().await {
+        warn!(error = %error, "saga recovery at start-up failed; the schedule tries again");
+    }
+    run_on_schedule("saga recovery", schedule, &shutdown, job).await;
 }
 
 /// Parses a cron expression with seconds, naming the configuration key on failure.

@@ -4,10 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use biz::{DispatchSettings, OutboxDispatcher, RetryPolicy};
+use biz::{DispatchSettings, OrderSagaUseCase, OutboxDispatcher, RetryPolicy, SagaSettings};
 use conf::Config;
-use data::{AmqpEventPublisher, SeaOrmOutboxRepo};
+use data::{
+    AmqpEventPublisher, GrpcInventoryClient, GrpcPaymentClient, SeaOrmOrderRepo, SeaOrmOutboxRepo,
+    SeaOrmSagaRepo,
+};
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Connects to the database and applies migrations when `data.auto_migrate` is on.
@@ -60,4 +64,41 @@ pub async fn outbox_dispatcher(
             },
         },
     )
+}
+
+/// Builds the order saga with gRPC clients of its participants. The clients connect on first
+/// use, so the participants may start later. `shutdown` stops the saga drivers, which release
+/// their leases for another process to resume.
+///
+/// # Errors
+///
+/// Fails when a participant address is not a valid URL.
+pub fn order_sagas(
+    config: &Config,
+    db: DatabaseConnection,
+    owner: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<OrderSagaUseCase>> {
+    let saga = &config.saga;
+    let inventory = GrpcInventoryClient::new(&saga.inventory_url)
+        .map_err(|error| anyhow::anyhow!("saga.inventory_url: {error}"))?;
+    let payment = GrpcPaymentClient::new(&saga.payment_url)
+        .map_err(|error| anyhow::anyhow!("saga.payment_url: {error}"))?;
+    Ok(OrderSagaUseCase::new(
+        Arc::new(SeaOrmOrderRepo::new(db.clone())),
+        Arc::new(SeaOrmSagaRepo::new(db)),
+        Arc::new(inventory),
+        Arc::new(payment),
+        SagaSettings {
+            owner,
+            call_timeout: saga.call_timeout(),
+            step_deadline: saga.step_deadline(),
+            max_attempts: saga.max_attempts,
+            backoff_min: Duration::from_millis(saga.backoff_min_ms),
+            backoff_max: Duration::from_millis(saga.backoff_max_ms),
+            lease: saga.lease(),
+            max_wait: saga.max_wait(),
+        },
+        shutdown,
+    ))
 }

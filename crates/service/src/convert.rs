@@ -1,8 +1,11 @@
 //! Conversions between protobuf messages and `biz` types.
 
+use std::time::Duration;
+
 use api::order::v1 as pb;
 use biz::{
-    CreateOrder, Currency, Order, OrderItem, OrderStatus, RequestId, UserId, ValidationError,
+    CreateOrder, Currency, Order, OrderItem, OrderStatus, PlaceOrder, RequestId, Saga, SagaState,
+    SagaStep, UserId, ValidationError,
 };
 use chrono::{DateTime, Utc};
 
@@ -31,6 +34,65 @@ pub(crate) fn create_order_from(
         .map(|(index, item)| OrderItem::parse(index, item.sku, item.quantity, item.unit_price))
         .collect::<Result<Vec<_>, _>>()?;
     CreateOrder::new(request_id, user_id, currency, items)
+}
+
+/// Validates a `PlaceOrderRequest`: the order fields as for CreateOrder, and a `wait_timeout`
+/// that is not negative.
+pub(crate) fn place_order_from(
+    request: pb::PlaceOrderRequest,
+) -> Result<PlaceOrder, ValidationError> {
+    let wait = match request.wait_timeout {
+        None => Duration::ZERO,
+        Some(timeout) => Duration::try_from(timeout).map_err(|_| {
+            ValidationError::new(
+                "wait_timeout",
+                format!(
+                    "is {}s {}ns; use a duration of 0 or more, such as \"5s\"",
+                    timeout.seconds, timeout.nanos
+                ),
+            )
+        })?,
+    };
+    let order = create_order_from(pb::CreateOrderRequest {
+        request_id: request.request_id,
+        user_id: request.user_id,
+        currency: request.currency,
+        items: request.items,
+    })?;
+    Ok(PlaceOrder { order, wait })
+}
+
+pub(crate) fn saga_to_pb(saga: Saga) -> pb::Saga {
+    pb::Saga {
+        id: saga.id.to_string(),
+        order_id: saga.order_id.to_string(),
+        state: saga_state_to_pb(saga.state) as i32,
+        steps: saga.steps.into_iter().map(step_to_pb).collect(),
+        error: saga.error.unwrap_or_default(),
+        created_at: Some(timestamp(saga.created_at)),
+        updated_at: Some(timestamp(saga.updated_at)),
+    }
+}
+
+fn saga_state_to_pb(state: SagaState) -> pb::SagaState {
+    match state {
+        SagaState::Running => pb::SagaState::Running,
+        SagaState::Compensating => pb::SagaState::Compensating,
+        SagaState::Succeeded => pb::SagaState::Succeeded,
+        SagaState::Compensated => pb::SagaState::Compensated,
+        SagaState::Failed => pb::SagaState::Failed,
+    }
+}
+
+fn step_to_pb(step: SagaStep) -> pb::SagaStep {
+    pb::SagaStep {
+        name: step.name.as_str().to_string(),
+        outcome: step.outcome.as_str().to_string(),
+        attempts: step.attempts,
+        last_error: step.last_error.unwrap_or_default(),
+        started_at: Some(timestamp(step.started_at)),
+        finished_at: step.finished_at.map(timestamp),
+    }
 }
 
 pub(crate) fn order_to_pb(order: Order) -> pb::Order {

@@ -9,7 +9,10 @@ use tracing::error;
 pub fn status_from(error: OrderError) -> Status {
     match error {
         OrderError::Invalid(invalid) => invalid_argument(invalid),
-        OrderError::NotFound(_) => Status::not_found(error.to_string()),
+        OrderError::NotFound(_) | OrderError::SagaNotFound(_) => {
+            Status::not_found(error.to_string())
+        }
+        OrderError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
         OrderError::RequestIdReused(_) => Status::already_exists(error.to_string()),
         OrderError::Unavailable(ref source) => {
             error!(error = %source, "database unavailable");

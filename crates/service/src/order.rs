@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use api::order::v1::{self as pb, order_service_server::OrderService as OrderServiceApi};
-use biz::{OrderId, OrderUseCase, PageQuery, UserId, ValidationError};
+use biz::{OrderId, OrderSagaUseCase, OrderUseCase, PageQuery, SagaId, UserId, ValidationError};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
-    convert::{create_order_from, order_to_pb},
+    convert::{create_order_from, order_to_pb, place_order_from, saga_to_pb},
     error::{invalid_argument, status_from},
 };
 
@@ -17,14 +17,35 @@ pub const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Larger page sizes are lowered to this.
 pub const MAX_PAGE_SIZE: u32 = 100;
 
+/// Longest cancel reason, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
 pub struct OrderService {
     orders: Arc<OrderUseCase>,
+    sagas: Arc<OrderSagaUseCase>,
 }
 
 impl OrderService {
-    pub fn new(orders: Arc<OrderUseCase>) -> Self {
-        Self { orders }
+    pub fn new(orders: Arc<OrderUseCase>, sagas: Arc<OrderSagaUseCase>) -> Self {
+        Self { orders, sagas }
     }
+}
+
+fn cancel_reason(reason: &str) -> Result<&str, ValidationError> {
+    let length = reason.chars().count();
+    if length > MAX_REASON_CHARS {
+        return Err(ValidationError::new(
+            "reason",
+            format!("is {length} characters long; the maximum is {MAX_REASON_CHARS}"),
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "reason",
+            "must not contain control characters",
+        ));
+    }
+    Ok(reason)
 }
 
 /// Validates a request's `page_size`: 0 selects [`DEFAULT_PAGE_SIZE`], and sizes above
@@ -101,6 +122,60 @@ impl OrderServiceApi for OrderService {
         Ok(Response::new(pb::ListOrdersResponse {
             next_page_token: page.next_after.map(|id| id.to_string()).unwrap_or_default(),
             orders: page.orders.into_iter().map(order_to_pb).collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "PlaceOrder"))]
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let command = place_order_from(request.into_inner()).map_err(invalid_argument)?;
+        let (order, saga) = self.sagas.place_order(command).await.map_err(status_from)?;
+        Ok(Response::new(pb::PlaceOrderResponse {
+            order: Some(order_to_pb(order)),
+            saga: Some(saga_to_pb(saga)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "GetSaga"))]
+    async fn get_saga(
+        &self,
+        request: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
+        let id = SagaId::parse("id", &request.into_inner().id).map_err(invalid_argument)?;
+        let saga = self.sagas.get_saga(id).await.map_err(status_from)?;
+        Ok(Response::new(saga_to_pb(saga)))
+    }
+
+    #[instrument(skip_all, fields(rpc = "PayOrder"))]
+    async fn pay_order(
+        &self,
+        request: Request<pb::PayOrderRequest>,
+    ) -> Result<Response<pb::PayOrderResponse>, Status> {
+        let id =
+            OrderId::parse("order_id", &request.into_inner().order_id).map_err(invalid_argument)?;
+        let order = self.sagas.pay_order(id).await.map_err(status_from)?;
+        Ok(Response::new(pb::PayOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "CancelOrder"))]
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let request = request.into_inner();
+        let id = OrderId::parse("order_id", &request.order_id).map_err(invalid_argument)?;
+        let reason = cancel_reason(&request.reason).map_err(invalid_argument)?;
+        let order = self
+            .sagas
+            .cancel_order(id, reason)
+            .await
+            .map_err(status_from)?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order_to_pb(order)),
         }))
     }
 }

@@ -26,6 +26,10 @@ pub struct Model {
     pub version: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set by CancelOrder while the saga runs; the saga then compensates.
+    pub cancel_requested: bool,
+    /// Why the saga compensated or failed.
+    pub error: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,7 +1,8 @@
-//! `cron-worker`: the scheduled outbox jobs. Each tick of `outbox.cron_schedule` drains every
-//! due event; each tick of `outbox.cleanup_schedule` deletes `SENT` rows past the retention.
+//! `cron-worker`: the scheduled jobs. Each tick of `outbox.cron_schedule` drains every due
+//! event; each tick of `outbox.cleanup_schedule` deletes `SENT` rows past the retention; each
+//! tick of `saga.recovery_schedule` resumes sagas whose owner is gone.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use biz::OutboxAdminUseCase;
 use data::SeaOrmOutboxRepo;
@@ -10,6 +11,7 @@ use tracing::info;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    server::failpoints::setup();
     let config = Args::load()?;
     telemetry::init(&config.telemetry);
     info!(
@@ -23,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let dispatch_schedule = relay::parse_schedule("outbox.cron_schedule", &outbox.cron_schedule)?;
     let cleanup_schedule =
         relay::parse_schedule("outbox.cleanup_schedule", &outbox.cleanup_schedule)?;
+    let recovery_schedule =
+        relay::parse_schedule("saga.recovery_schedule", &config.saga.recovery_schedule)?;
 
     telemetry::init_metrics(config.telemetry.metrics_addr)?;
     let db = wire::open_database(&config).await?;
@@ -30,7 +34,19 @@ async fn main() -> anyhow::Result<()> {
     let dispatcher =
         wire::outbox_dispatcher(&config, db.clone(), wire::relay_id("cron-worker")).await;
     let admin = OutboxAdminUseCase::new(Arc::new(SeaOrmOutboxRepo::new(db.clone())));
+    let sagas = wire::order_sagas(
+        &config,
+        db.clone(),
+        wire::relay_id("cron-worker"),
+        shutdown.clone(),
+    )?;
     tokio::join!(
+        relay::run_saga_recovery_on_schedule(
+            &sagas,
+            &recovery_schedule,
+            config.saga.recovery_batch_size,
+            shutdown.clone(),
+        ),
         relay::run_cron(&dispatcher, &dispatch_schedule, shutdown.clone()),
         relay::run_cleanup(
             &admin,
@@ -42,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         relay::run_backlog_sampler(&admin, config.telemetry.backlog_sample_interval(), shutdown),
     );
 
+    sagas.shut_down(Duration::from_secs(5)).await;
     db.close().await?;
     info!("cron-worker stopped");
     Ok(())

@@ -1,7 +1,8 @@
 //! `daemon-worker`: the low-latency outbox relay. It publishes new events as soon as they
-//! commit, waking on PostgreSQL notifications or polling SQLite.
+//! commit, waking on PostgreSQL notifications or polling SQLite, and resumes sagas whose
+//! owner is gone.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use biz::OutboxAdminUseCase;
 use data::{OutboxNotifications, SeaOrmOutboxRepo};
@@ -10,6 +11,7 @@ use tracing::{info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    server::failpoints::setup();
     let config = Args::load()?;
     telemetry::init(&config.telemetry);
     info!(
@@ -33,7 +35,19 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let admin = OutboxAdminUseCase::new(Arc::new(SeaOrmOutboxRepo::new(db.clone())));
+    let sagas = wire::order_sagas(
+        &config,
+        db.clone(),
+        wire::relay_id("daemon-worker"),
+        shutdown.clone(),
+    )?;
     tokio::join!(
+        relay::run_saga_recovery(
+            &sagas,
+            config.saga.recovery_interval(),
+            config.saga.recovery_batch_size,
+            shutdown.clone(),
+        ),
         relay::run_daemon(
             &dispatcher,
             notifications,
@@ -43,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         relay::run_backlog_sampler(&admin, config.telemetry.backlog_sample_interval(), shutdown),
     );
 
+    sagas.shut_down(Duration::from_secs(5)).await;
     db.close().await?;
     info!("daemon-worker stopped");
     Ok(())

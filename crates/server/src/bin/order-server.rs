@@ -1,7 +1,8 @@
-//! `order-server`: the gRPC order service. It commits orders with their outbox events; the
-//! relays in `daemon-worker` and `cron-worker` publish them.
+//! `order-server`: the gRPC order service. It commits orders with their outbox events, which
+//! the relays in `daemon-worker` and `cron-worker` publish, and drives the sagas that
+//! PlaceOrder starts.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use biz::{OrderUseCase, OutboxAdminUseCase};
 use data::{SeaOrmOrderRepo, SeaOrmOutboxRepo};
@@ -9,8 +10,12 @@ use server::{cli::Args, grpc, shutdown, telemetry, wire};
 use service::{OrderService, OutboxAdminService};
 use tracing::info;
 
+/// How long shutdown waits for running sagas to reach a point where they can stop.
+const SAGA_GRACE: Duration = Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    server::failpoints::setup();
     let config = Args::load()?;
     telemetry::init(&config.telemetry);
     info!(
@@ -28,11 +33,19 @@ async fn main() -> anyhow::Result<()> {
         db.clone(),
     ))));
     let shutdown = shutdown::on_signal();
+    let sagas = wire::order_sagas(
+        &config,
+        db.clone(),
+        wire::relay_id("order-server"),
+        shutdown.clone(),
+    )?;
     let services = grpc::Services {
-        orders: OrderService::new(orders),
+        orders: OrderService::new(orders, Arc::clone(&sagas)),
         outbox_admin: OutboxAdminService::new(admin),
     };
     grpc::serve(config.server.grpc_addr, services, shutdown).await?;
+    // Sagas still running stop at their next step and leave their lease for a worker.
+    sagas.shut_down(SAGA_GRACE).await;
 
     db.close().await?;
     info!("order-server stopped");
