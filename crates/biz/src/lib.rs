@@ -4,11 +4,15 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod inventory;
 pub mod order;
 pub mod order_usecase;
 pub mod outbox;
 pub mod outbox_admin;
+pub mod participant;
+pub mod payment;
 pub mod ports;
+pub mod saga_id;
 
 pub use dispatch::{DispatchError, DispatchReport, DispatchSettings, OutboxDispatcher};
 pub use error::{OrderError, RepoError, ValidationError};
@@ -23,3 +27,4 @@ pub use outbox_admin::{
     OutboxStats, OutboxStatus,
 };
 pub use ports::{EventPublisher, OrderRepo, OutboxRepo, PublishError, PublishFailure};
+pub use saga_id::SagaId;
