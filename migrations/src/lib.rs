@@ -7,6 +7,7 @@ use sea_orm_migration::{MigrationTrait, async_trait};
 mod m20261204_000001_create_tables;
 mod m20261204_000002_create_inbox;
 mod m20261204_000003_index_unsent_outbox_rows;
+mod m20261204_000004_create_participant_tables;
 mod m20261204_000005_extend_saga_instances;
 
 /// PostgreSQL channel that `outbox_events` inserts notify, so relays wake without polling.
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_create_tables::Migration),
             Box::new(m20261204_000002_create_inbox::Migration),
             Box::new(m20261204_000003_index_unsent_outbox_rows::Migration),
+            Box::new(m20261204_000004_create_participant_tables::Migration),
             Box::new(m20261204_000005_extend_saga_instances::Migration),
         ]
     }

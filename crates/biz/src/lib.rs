@@ -4,10 +4,13 @@
 
 pub mod dispatch;
 pub mod error;
+pub mod inventory;
 pub mod order;
 pub mod order_usecase;
 pub mod outbox;
 pub mod outbox_admin;
+pub mod participant;
+pub mod payment;
 pub mod ports;
 pub mod saga;
 pub mod saga_id;

@@ -1,13 +1,16 @@
-//! The id of one order saga, which the participants also use as their idempotency key.
+//! `SagaId`: the id of one saga instance, and the idempotency key of every participant step.
 
 use std::{fmt, str::FromStr};
 
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{ValidationError, quote};
 
-/// Saga id: a UUIDv7, so ids sort by start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Saga id: a UUIDv7 when created here, so ids sort by creation time. Participants accept any
+/// UUID version from their callers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct SagaId(Uuid);
 
 impl SagaId {
@@ -23,7 +26,7 @@ impl SagaId {
         self.0
     }
 
-    /// Parses an id from a request field.
+    /// Parses a saga id from the request field `field`.
     ///
     /// # Errors
     ///
@@ -47,5 +50,29 @@ impl Default for SagaId {
 impl fmt::Display for SagaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_field() {
+        let error = SagaId::parse("saga_id", "").unwrap_err();
+        assert_eq!(error.field, "saga_id");
+
+        let error = SagaId::parse("saga_id", "not-a-uuid").unwrap_err();
+        assert_eq!(error.field, "saga_id");
+        assert!(error.message.contains("not a UUID"), "{error}");
+    }
+
+    #[test]
+    fn parse_round_trips_display() {
+        let id = SagaId::new();
+
+        let parsed = SagaId::parse("saga_id", &id.to_string()).unwrap();
+
+        assert_eq!(parsed, id);
     }
 }

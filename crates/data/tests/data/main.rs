@@ -82,6 +82,8 @@ macro_rules! on_both_backends {
     };
 }
 
+mod participants;
+
 on_both_backends!(
     migrations_roll_back_and_reapply,
     order_roundtrip_with_event,
