@@ -26,6 +26,9 @@ use crate::{
     saga_id::SagaId,
 };
 
+/// The saga's error after CancelOrder stopped it.
+pub const CANCELLED_BY_CLIENT: &str = "cancelled by the client";
+
 /// How the saga calls its participants and how long it keeps trying.
 #[derive(Clone, Debug)]
 pub struct SagaSettings {
@@ -450,7 +453,7 @@ impl OrderSagaUseCase {
             }
             self.checkpoint(name)?;
             if self.cancel_requested(saga).await? {
-                saga.compensate("cancelled by the client".into(), Utc::now());
+                saga.compensate(CANCELLED_BY_CLIENT.into(), Utc::now());
                 return self.save(saga, None).await;
             }
             if let StepEnd::GaveUp(reason) = self.forward_step(saga, order, name).await? {
@@ -459,7 +462,7 @@ impl OrderSagaUseCase {
             }
         }
         if saga.step(StepName::ConfirmStock).is_none() && self.cancel_requested(saga).await? {
-            saga.compensate("cancelled by the client".into(), Utc::now());
+            saga.compensate(CANCELLED_BY_CLIENT.into(), Utc::now());
             return self.save(saga, None).await;
         }
         for name in [StepName::ConfirmStock, StepName::ConfirmPayment] {
@@ -571,6 +574,10 @@ impl OrderSagaUseCase {
                         }
                         CallErrorKind::Transient | CallErrorKind::Unknown => {
                             self.save(saga, None).await?;
+                            // A cancel need not wait for the step's deadline.
+                            if self.cancel_requested(saga).await? {
+                                return Ok(StepEnd::GaveUp(CANCELLED_BY_CLIENT.into()));
+                            }
                             let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
                             self.back_off(saga.attempts(name), remaining).await?;
                         }
