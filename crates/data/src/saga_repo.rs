@@ -272,7 +272,7 @@ impl SagaRepo for SeaOrmSagaRepo {
                      ORDER BY s.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE saga_instances t SET locked_by = $1, locked_until = {until}, \
                      version = t.version + 1 \
-                 FROM due WHERE t.id = due.id RETURNING t.*"
+                 FROM due WHERE t.id = due.id RETURNING t.id"
             ),
             // One statement holds SQLite's write lock from the select to the update.
             _ => format!(
@@ -280,15 +280,32 @@ impl SagaRepo for SeaOrmSagaRepo {
                      version = version + 1 \
                  WHERE id IN (SELECT s.id FROM saga_instances s WHERE {stalled} \
                      ORDER BY s.created_at LIMIT ?) \
-                 RETURNING *"
+                 RETURNING id"
             ),
         };
         let values = match self.backend() {
             DbBackend::Postgres => vec![owner.into(), i64::from(limit).into(), lease_value],
             _ => vec![owner.into(), lease_value, i64::from(limit).into()],
         };
+        // Only the ids come back, and a second query reads the rows. With `RETURNING *` here,
+        // sqlx-sqlite 0.9.1 panicked in a test (row index out of bounds) after ALTER TABLE had
+        // added columns to this table.
+        let claimed = self
+            .db
+            .query_all_raw(self.statement(sql, values))
+            .await
+            .map_err(classify)?;
+        let ids = claimed
+            .iter()
+            .map(|row| row.try_get::<uuid::Uuid>("", "id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(classify)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = saga_instances::Entity::find()
-            .from_raw_sql(self.statement(sql, values))
+            .filter(saga_instances::Column::Id.is_in(ids))
+            .filter(saga_instances::Column::LockedBy.eq(owner))
             .all(&self.db)
             .await
             .map_err(classify)?;
