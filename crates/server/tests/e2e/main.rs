@@ -8,6 +8,7 @@ mod drills;
 mod metrics;
 mod order_api;
 mod outbox_admin;
+mod saga;
 
 use std::{
     collections::HashSet,
@@ -41,6 +42,7 @@ struct Stack {
     _folder: tempfile::TempDir,
 }
 
+#[derive(Clone, Copy, Debug)]
 enum Backend {
     Sqlite,
     Postgres,
