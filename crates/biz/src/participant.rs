@@ -1,6 +1,6 @@
-//! What the saga participants (inventory and payment) share: the error their use cases return,
-//! and the rules of the idempotency barrier that makes try, confirm and cancel safe to repeat
-//! and to receive out of order.
+//! Shared parts of the saga participants (inventory and payment): the error their use cases
+//! return, and the rules of the idempotency barrier that makes try, confirm and cancel safe to
+//! repeat and to receive out of order.
 //!
 //! A barrier row is recorded per (saga, step, operation). The repositories write it in the same
 //! transaction as the business change, then apply these rules to the barriers of the other
@@ -56,7 +56,7 @@ impl Step {
         }
     }
 
-    /// The resource that a try of this step holds, for messages.
+    /// Returns the resource that a try of this step holds, for messages.
     fn resource(&self) -> &'static str {
         match self {
             Self::ReserveStock => "stock reservation",
@@ -64,7 +64,7 @@ impl Step {
         }
     }
 
-    /// The past participle of this step's cancel, for messages.
+    /// Returns the past participle of this step's cancel, for messages.
     fn cancelled(&self) -> &'static str {
         match self {
             Self::ReserveStock => "released",
@@ -91,12 +91,12 @@ impl Operation {
     }
 }
 
-/// What a recorded operation did, as stored in `saga_barriers.outcome`.
+/// Result of a recorded operation, as stored in `saga_barriers.outcome`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The business change committed with the barrier.
     Applied,
-    /// Nothing changed; a repeat returns the same message.
+    /// Nothing changed, and a repeat returns the same message.
     Rejected(String),
     /// A cancel that found nothing to undo (a null compensation).
     Null,
@@ -141,7 +141,7 @@ pub struct StepBarriers {
     pub cancelled: Option<Outcome>,
 }
 
-/// What a new (not repeated) operation does.
+/// Action of a new (not repeated) operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Make the business change and record the barrier as applied.

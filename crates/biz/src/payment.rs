@@ -18,8 +18,8 @@ use crate::{
     saga_id::SagaId,
 };
 
-/// Maximum amount of one freeze or deposit, in minor units. Half the range of a signed 64-bit
-/// integer, so that adding one amount to another never overflows.
+/// Maximum amount of one freeze or deposit, in minor units: half of `i64::MAX`, so that the
+/// sum of two amounts fits in an `i64`. Balances may grow up to `i64::MAX` by deposits.
 pub const MAX_AMOUNT: i64 = i64::MAX / 2;
 
 pub const AGGREGATE_PAYMENT: &str = "payment";

@@ -40,8 +40,8 @@ pub(crate) async fn lock_step(
     Ok(())
 }
 
-/// Inserts the barrier of `operation` with outcome `APPLIED`; the caller changes the outcome
-/// with [`set_outcome`] when it decides otherwise. Returns false, with `txn` aborted on
+/// Inserts the barrier of `operation` with outcome `APPLIED`, which the caller changes with
+/// [`set_outcome`] when it decides otherwise. Returns false, with `txn` aborted on
 /// PostgreSQL, when the barrier exists: the operation was received before.
 pub(crate) async fn insert(
     txn: &DatabaseTransaction,

@@ -23,7 +23,7 @@ pub struct Services {
     pub outbox_admin: OutboxAdminService,
 }
 
-/// What one server process hosts: the order services, or one saga participant.
+/// The services of one server process: the order services, or one saga participant.
 pub enum Hosted {
     Order(Services),
     Inventory(InventoryService),

@@ -6,7 +6,7 @@ use tracing::error;
 
 use crate::error::invalid_argument;
 
-/// Maps a [`ParticipantError`] to the status a caller can act on: FAILED_PRECONDITION tells
+/// Maps a [`ParticipantError`] to the status a caller can act on: FAILED_PRECONDITION signals
 /// the orchestrator to compensate rather than retry. Storage failures are logged here, once,
 /// because no layer above this one logs them.
 pub fn participant_status(error: ParticipantError) -> Status {

@@ -179,7 +179,7 @@ async fn stock_repeats_return_first_result(db: DatabaseConnection) {
         .reserve(&reserve_request(saga, &[("book", 2)]))
         .await
         .unwrap();
-    // A repeat returns what the first try reserved, whatever it asks for.
+    // A repeat returns what the first try reserved, whatever it requests.
     let second = repo
         .reserve(&reserve_request(saga, &[("book", 5)]))
         .await
@@ -338,8 +338,8 @@ async fn stock_concurrent_duplicate_tries_apply_once(db: DatabaseConnection) {
     assert_eq!(saga_events(&db, saga).await, ["StockReserved"]);
 }
 
-/// A try and a cancel of one saga sent at once: whichever runs first, no reservation may be
-/// left behind once both returned.
+/// Sends a try and a cancel of one saga at once and checks that, whichever runs first, no
+/// reservation is left behind once both returned.
 async fn stock_try_and_cancel_race_leaks_nothing(db: DatabaseConnection) {
     let repo = Arc::new(stocked(&db, &[("book", 100)]).await);
 

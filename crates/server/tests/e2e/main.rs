@@ -8,6 +8,7 @@ mod drills;
 mod metrics;
 mod order_api;
 mod outbox_admin;
+mod participants;
 mod saga;
 
 use std::{
