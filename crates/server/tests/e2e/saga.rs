@@ -270,8 +270,7 @@ impl SagaStack {
     }
 
     async fn wait_until_final(&self, id: &str) -> pb::Saga {
-        self.wait_for_saga(id, "a final state", |saga| is_final(saga))
-            .await
+        self.wait_for_saga(id, "a final state", is_final).await
     }
 
     async fn stop(mut self) {
