@@ -203,6 +203,7 @@ echo "run.sh: starting the daemon-worker of payment-server" >&2
 PAYMENT_WORKER_PID=$!
 
 request='{"request_id":"demo-1","user_id":"alice","currency":"EUR","items":[{"sku":"book","quantity":2,"unit_price":1250}]}'
+place_request='{"request_id":"demo-2","user_id":"alice","currency":"EUR","items":[{"sku":"book","quantity":2,"unit_price":1250}],"wait_timeout":"10s"}'
 cat <<EOF
 
 The order service is running. Logs: .run/*.log
@@ -214,9 +215,10 @@ The order service is running. Logs: .run/*.log
 Create an order:
   $grpcurl -plaintext -d '$request' $grpc_host:$grpc_port order.v1.OrderService/CreateOrder
 
-Stock a SKU and fund an account:
+Stock a SKU, fund an account, and place an order through the saga:
   $grpcurl -plaintext -d '{"sku":"book","available":10}' 127.0.0.1:$inventory_port inventory.v1.InventoryService/SetStock
   $grpcurl -plaintext -d '{"user_id":"alice","amount":10000}' 127.0.0.1:$payment_port payment.v1.PaymentService/Deposit
+  $grpcurl -plaintext -d '$place_request' $grpc_host:$grpc_port order.v1.OrderService/PlaceOrder
 
 EOF
 if [[ $started_broker == true ]]; then
