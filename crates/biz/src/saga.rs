@@ -199,13 +199,14 @@ impl Saga {
             .is_some_and(|step| step.outcome == StepOutcome::Succeeded)
     }
 
-    /// Whether undoing `name` is needed: some call was made and the step is not known to have
-    /// had no effect. A step rejected at its first call changed nothing; one rejected after an
-    /// unanswered call may have taken effect through that call.
+    /// Returns whether undoing `name` is needed: the step started and is not known to have had
+    /// no effect. A step that started with no call recorded still counts, because a process
+    /// can die between a call and the save that records it. A step rejected at its first call
+    /// changed nothing; one rejected after an unanswered call may have taken effect through
+    /// that call.
     pub fn needs_compensation(&self, name: StepName) -> bool {
-        self.step(name).is_some_and(|step| {
-            step.attempts > 0 && !(step.outcome == StepOutcome::Rejected && step.attempts == 1)
-        })
+        self.step(name)
+            .is_some_and(|step| !(step.outcome == StepOutcome::Rejected && step.attempts <= 1))
     }
 
     /// Opens `name` unless it is open already; a forward step gets its deadline here.
@@ -295,8 +296,8 @@ mod tests {
 
         saga.begin_step(StepName::ReserveStock, Some(now), now);
         assert!(
-            !saga.needs_compensation(StepName::ReserveStock),
-            "no call yet"
+            saga.needs_compensation(StepName::ReserveStock),
+            "a call may be unrecorded"
         );
 
         saga.record_attempt(StepName::ReserveStock, Some("rejected".into()));
