@@ -83,6 +83,7 @@ macro_rules! on_both_backends {
 }
 
 mod participants;
+mod sagas;
 
 on_both_backends!(
     migrations_roll_back_and_reapply,
