@@ -754,12 +754,13 @@ async fn crash_at_each_boundary_postgres() {
     crash_at_each_boundary(Backend::Postgres).await;
 }
 
-#[tokio::test]
-async fn concurrent_orders_never_oversell_postgres() {
+/// Places 200 orders of one book at once for 50 books in stock: exactly 50 sagas succeed and
+/// every figure adds up.
+async fn concurrent_orders_never_oversell(backend: Backend) {
     const ORDERS: usize = 200;
     const STOCK: i64 = 50;
     const BALANCE: i64 = 1_000_000;
-    let stack = SagaStack::start(Backend::Postgres).await;
+    let stack = SagaStack::start(backend).await;
     stack.set_stock("book", STOCK).await;
     stack.deposit("crowd", BALANCE).await;
 
@@ -793,4 +794,14 @@ async fn concurrent_orders_never_oversell_postgres() {
     assert_eq!(stack.stock("book").await, (0, 0));
     assert_eq!(stack.account("crowd").await, (BALANCE - 50 * BOOK_PRICE, 0));
     stack.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_never_oversell_sqlite() {
+    concurrent_orders_never_oversell(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_never_oversell_postgres() {
+    concurrent_orders_never_oversell(Backend::Postgres).await;
 }
