@@ -805,3 +805,66 @@ async fn concurrent_orders_never_oversell_sqlite() {
 async fn concurrent_orders_never_oversell_postgres() {
     concurrent_orders_never_oversell(Backend::Postgres).await;
 }
+
+/// A compensation that cannot reach its participant ends the saga `FAILED` after its retry
+/// budget. The saga is taken over by a daemon-worker started after the crash, with no new
+/// traffic.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features server/failpoints"
+)]
+async fn unreachable_compensation_ends_failed() {
+    let mut stack = SagaStack::new(Backend::Sqlite).await;
+    stack.order.set("APP__SAGA__MAX_ATTEMPTS", "3");
+    stack.start_participant(Participant::Inventory).await;
+    stack.start_participant(Participant::Payment).await;
+    stack.set_stock("book", 10).await;
+    stack.deposit("poor", 1).await;
+    let failpoints = "saga::before::release_stock=return".to_string();
+    stack
+        .start_order_server(&[("FAILPOINTS", failpoints)])
+        .await;
+    let response = stack.place("stuck-1", "poor", 1, Duration::ZERO).await;
+    let id = response.saga.expect("saga").id;
+    stack
+        .wait_for_saga(&id, "compensation", |saga| {
+            saga.state() == SagaState::Compensating
+        })
+        .await;
+    stack.kill_order_server().await;
+    stack.stop_participant(Participant::Inventory).await;
+    stack.start_order_server(&[]).await;
+
+    stack.order.start_daemon().await;
+    let saga = stack.wait_until_final(&id).await;
+
+    assert_eq!(saga.state(), SagaState::Failed, "{saga:#?}");
+    let release = step(&saga, "release_stock").expect("release_stock ran");
+    assert_eq!(release.outcome, "FAILED");
+    assert_eq!(release.attempts, 3);
+    assert!(release.last_error.contains("Unavailable"), "{release:?}");
+    assert!(
+        saga.error.contains("release_stock failed 3 times"),
+        "{}",
+        saga.error
+    );
+    assert!(saga.error.contains("freeze_balance"), "{}", saga.error);
+    let order = stack
+        .orders()
+        .await
+        .get_order(pb::GetOrderRequest {
+            id: response.order.expect("order").id,
+        })
+        .await
+        .expect("GetOrder succeeds")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(
+        order.status(),
+        pb::OrderStatus::Pending,
+        "an operator decides"
+    );
+    stack.stop().await;
+}
