@@ -92,14 +92,23 @@ pub enum OrderError {
     Internal(#[source] BoxError),
 }
 
-impl From<RepoError> for OrderError {
-    fn from(error: RepoError) -> Self {
-        match error {
-            RepoError::Unavailable(source) => Self::Unavailable(source),
-            RepoError::Duplicate(key) => {
-                Self::Internal(format!("unexpected duplicate {key}").into())
+/// Implements `From<RepoError>` for a use case error with `Unavailable` and `Internal`
+/// variants. A duplicate key that reaches a caller is a bug, so it counts as internal.
+macro_rules! from_repo_error {
+    ($error:ty) => {
+        impl From<$crate::error::RepoError> for $error {
+            fn from(error: $crate::error::RepoError) -> Self {
+                match error {
+                    $crate::error::RepoError::Unavailable(source) => Self::Unavailable(source),
+                    $crate::error::RepoError::Duplicate(key) => {
+                        Self::Internal(format!("unexpected duplicate {key}").into())
+                    }
+                    $crate::error::RepoError::Other(source) => Self::Internal(source),
+                }
             }
-            RepoError::Other(source) => Self::Internal(source),
         }
-    }
+    };
 }
+pub(crate) use from_repo_error;
+
+from_repo_error!(OrderError);

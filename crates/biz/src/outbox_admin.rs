@@ -129,17 +129,7 @@ pub enum OutboxAdminError {
     Internal(#[source] BoxError),
 }
 
-impl From<RepoError> for OutboxAdminError {
-    fn from(error: RepoError) -> Self {
-        match error {
-            RepoError::Unavailable(source) => Self::Unavailable(source),
-            RepoError::Duplicate(key) => {
-                Self::Internal(format!("unexpected duplicate {key}").into())
-            }
-            RepoError::Other(source) => Self::Internal(source),
-        }
-    }
-}
+crate::error::from_repo_error!(OutboxAdminError);
 
 pub struct OutboxAdminUseCase {
     repo: Arc<dyn OutboxAdminRepo>,

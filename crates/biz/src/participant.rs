@@ -7,7 +7,7 @@
 //! operations of the same step.
 
 use crate::{
-    error::{BoxError, RepoError, ValidationError},
+    error::{BoxError, ValidationError},
     saga_id::SagaId,
 };
 
@@ -29,17 +29,7 @@ pub enum ParticipantError {
     Internal(#[source] BoxError),
 }
 
-impl From<RepoError> for ParticipantError {
-    fn from(error: RepoError) -> Self {
-        match error {
-            RepoError::Unavailable(source) => Self::Unavailable(source),
-            RepoError::Duplicate(key) => {
-                Self::Internal(format!("unexpected duplicate {key}").into())
-            }
-            RepoError::Other(source) => Self::Internal(source),
-        }
-    }
-}
+crate::error::from_repo_error!(ParticipantError);
 
 /// A participant's step of the order saga, as stored in `saga_barriers.step`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

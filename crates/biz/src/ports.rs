@@ -23,6 +23,20 @@ pub struct OrderChange {
     pub event: NewOutboxEvent,
 }
 
+impl OrderChange {
+    /// Builds the change of `order` from `from` to `to`, with its `OrderConfirmed`,
+    /// `OrderPaid` or `OrderCancelled` event and the cancel `reason` when there is one.
+    pub fn new(order: &Order, from: OrderStatus, to: OrderStatus, reason: Option<&str>) -> Self {
+        let now = chrono::Utc::now();
+        Self {
+            order_id: order.id,
+            from,
+            to,
+            event: NewOutboxEvent::order_status_changed(order, to, reason, now),
+        }
+    }
+}
+
 #[async_trait]
 pub trait OrderRepo: Send + Sync + 'static {
     /// Inserts `order`, its items and `event` in one transaction: all of them or none.

@@ -229,18 +229,8 @@ impl OrderSagaUseCase {
         match order.status {
             OrderStatus::Paid => Ok(order),
             OrderStatus::Confirmed => {
-                let event = NewOutboxEvent::order_status_changed(
-                    &order,
-                    OrderStatus::Paid,
-                    None,
-                    Utc::now(),
-                );
-                let change = OrderChange {
-                    order_id: id,
-                    from: OrderStatus::Confirmed,
-                    to: OrderStatus::Paid,
-                    event,
-                };
+                let change =
+                    OrderChange::new(&order, OrderStatus::Confirmed, OrderStatus::Paid, None);
                 self.orders.change_status(&change).await?;
                 // Whether this call or a concurrent one paid it, the order is paid now.
                 self.orders.get(id).await?.ok_or(OrderError::NotFound(id))
@@ -275,18 +265,8 @@ impl OrderSagaUseCase {
         }
         let Some(saga) = self.sagas.find_by_order(id).await? else {
             let reason = (!reason.is_empty()).then_some(reason);
-            let event = NewOutboxEvent::order_status_changed(
-                &order,
-                OrderStatus::Cancelled,
-                reason,
-                Utc::now(),
-            );
-            let change = OrderChange {
-                order_id: id,
-                from: OrderStatus::Pending,
-                to: OrderStatus::Cancelled,
-                event,
-            };
+            let change =
+                OrderChange::new(&order, OrderStatus::Pending, OrderStatus::Cancelled, reason);
             self.orders.change_status(&change).await?;
             return self.cancelled(id).await;
         };
@@ -478,12 +458,7 @@ impl OrderSagaUseCase {
         self.checkpoint(StepName::ConfirmOrder)?;
         let now = Utc::now();
         saga.finish(StepName::ConfirmOrder, SagaState::Succeeded, now);
-        let change = OrderChange {
-            order_id: order.id,
-            from: OrderStatus::Pending,
-            to: OrderStatus::Confirmed,
-            event: NewOutboxEvent::order_status_changed(order, OrderStatus::Confirmed, None, now),
-        };
+        let change = OrderChange::new(order, OrderStatus::Pending, OrderStatus::Confirmed, None);
         self.save(saga, Some(&change)).await
     }
 
@@ -505,17 +480,12 @@ impl OrderSagaUseCase {
         self.checkpoint(StepName::CancelOrder)?;
         let now = Utc::now();
         saga.finish(StepName::CancelOrder, SagaState::Compensated, now);
-        let change = OrderChange {
-            order_id: order.id,
-            from: OrderStatus::Pending,
-            to: OrderStatus::Cancelled,
-            event: NewOutboxEvent::order_status_changed(
-                order,
-                OrderStatus::Cancelled,
-                saga.error.as_deref(),
-                now,
-            ),
-        };
+        let change = OrderChange::new(
+            order,
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            saga.error.as_deref(),
+        );
         self.save(saga, Some(&change)).await
     }
 

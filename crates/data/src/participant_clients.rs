@@ -51,6 +51,11 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
+/// Drops the response of a call that succeeded and classifies the status of one that failed.
+fn outcome<T>(result: Result<tonic::Response<T>, Status>) -> Result<(), CallError> {
+    result.map(drop).map_err(|status| classify_status(&status))
+}
+
 fn stock_items(items: &[OrderItem]) -> Vec<inventory::StockItem> {
     items
         .iter()
@@ -90,11 +95,7 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        client
-            .reserve_stock(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(client.reserve_stock(with_timeout(request, timeout)).await)
     }
 
     async fn confirm(
@@ -108,11 +109,7 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        client
-            .confirm_stock(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(client.confirm_stock(with_timeout(request, timeout)).await)
     }
 
     async fn release(
@@ -126,11 +123,7 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        client
-            .release_stock(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(client.release_stock(with_timeout(request, timeout)).await)
     }
 }
 
@@ -165,11 +158,7 @@ impl PaymentClient for GrpcPaymentClient {
             amount,
         };
         let mut client = self.client.clone();
-        client
-            .freeze_balance(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(client.freeze_balance(with_timeout(request, timeout)).await)
     }
 
     async fn confirm(
@@ -185,11 +174,7 @@ impl PaymentClient for GrpcPaymentClient {
             amount,
         };
         let mut client = self.client.clone();
-        client
-            .confirm_payment(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(client.confirm_payment(with_timeout(request, timeout)).await)
     }
 
     async fn unfreeze(
@@ -205,11 +190,11 @@ impl PaymentClient for GrpcPaymentClient {
             amount,
         };
         let mut client = self.client.clone();
-        client
-            .unfreeze_balance(with_timeout(request, timeout))
-            .await
-            .map(drop)
-            .map_err(|status| classify_status(&status))
+        outcome(
+            client
+                .unfreeze_balance(with_timeout(request, timeout))
+                .await,
+        )
     }
 }
 
