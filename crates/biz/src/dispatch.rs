@@ -259,6 +259,7 @@ mod tests {
                         routing_key: "order.created".into(),
                         payload: json!({}),
                         retry_count: 0,
+                        traceparent: None,
                         created_at: Utc::now(),
                     };
                     (event, Row::Pending)

@@ -120,6 +120,8 @@ pub struct OutboxEvent {
     pub payload: Value,
     /// Publish attempts that failed so far.
     pub retry_count: u32,
+    /// W3C trace context of the request that wrote the event, when it had one.
+    pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -15,6 +15,7 @@ mod participant_clients;
 mod payment_repo;
 mod publisher;
 mod saga_repo;
+pub mod trace_context;
 
 pub use consumer::{
     CONSUMER_NAME, MalformedMessage, ORDER_CREATED_ROUTING_KEY, OrderCreated, OrderTotalsConsumer,

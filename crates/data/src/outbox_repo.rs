@@ -14,6 +14,7 @@ use tracing::{instrument, warn};
 use crate::{
     entity::outbox_events::{self, STATUS_DEAD, STATUS_FAILED, STATUS_PENDING, STATUS_SENT},
     error::classify,
+    trace_context::TRACEPARENT,
 };
 
 /// The current time on the database clock, as SQL. SQLite stores timestamps as RFC 3339 text
@@ -229,6 +230,11 @@ fn to_event(row: outbox_events::Model) -> Result<OutboxEvent, RepoError> {
             )
         })?
         .to_string();
+    let traceparent = row
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|value| value.as_str())
+        .map(str::to_string);
     Ok(OutboxEvent {
         id: row.id,
         event_id: row.event_id,
@@ -238,6 +244,7 @@ fn to_event(row: outbox_events::Model) -> Result<OutboxEvent, RepoError> {
         routing_key,
         payload: row.payload,
         retry_count: u32::try_from(row.retry_count).unwrap_or(0),
+        traceparent,
         created_at: row.created_at,
     })
 }

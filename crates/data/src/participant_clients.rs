@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use biz::{CallError, CallErrorKind, InventoryClient, OrderItem, PaymentClient, SagaId, UserId};
 use tonic::{Code, Request, Status, transport::Channel, transport::Endpoint};
 
+use crate::trace_context::{TRACEPARENT, current_traceparent};
+
 /// Longest wait for a TCP connection to a participant.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -45,9 +47,13 @@ pub fn classify_status(status: &Status) -> CallError {
     }
 }
 
+/// Builds a request that gives up after `timeout` and carries the current trace context.
 fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
+    if let Some(value) = current_traceparent().and_then(|value| value.parse().ok()) {
+        request.metadata_mut().insert(TRACEPARENT, value);
+    }
     request
 }
 

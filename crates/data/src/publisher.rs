@@ -17,6 +17,8 @@ use lapin::{
 use tokio::{sync::Mutex, time::timeout};
 use tracing::{info, instrument, warn};
 
+use crate::trace_context::TRACEPARENT;
+
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
 
@@ -176,6 +178,12 @@ impl AmqpEventPublisher {
             "aggregate_id".into(),
             AMQPValue::LongString(event.aggregate_id.as_str().into()),
         );
+        if let Some(traceparent) = &event.traceparent {
+            headers.insert(
+                TRACEPARENT.into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+        }
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(PERSISTENT)

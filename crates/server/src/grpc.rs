@@ -15,7 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::Routes, transport::Server};
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{info, info_span};
 
 /// The gRPC services order-server hosts.
 pub struct Services {
@@ -120,6 +120,7 @@ pub async fn serve(
         }
     };
     Server::builder()
+        .trace_fn(request_span)
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -129,4 +130,16 @@ pub async fn serve(
         .context("grpc server failed")?;
     info!("grpc server stopped");
     Ok(())
+}
+
+/// Opens the span of one gRPC request, continuing the caller's trace when the request carries
+/// a `traceparent` header.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = info_span!("grpc_request", path = %request.uri().path());
+    let traceparent = request
+        .headers()
+        .get(data::trace_context::TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    data::trace_context::continue_trace(&span, traceparent);
+    span
 }

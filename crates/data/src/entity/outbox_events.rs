@@ -54,7 +54,7 @@ impl ActiveModel {
             aggregate_id: Set(event.aggregate_id.clone()),
             event_type: Set(event.event_type.clone()),
             payload: Set(event.payload.clone()),
-            headers: Set(serde_json::json!({ "routing_key": event.routing_key })),
+            headers: Set(headers(event)),
             status: Set(STATUS_PENDING.to_string()),
             retry_count: Set(0),
             next_retry_at: Set(None),
@@ -66,4 +66,14 @@ impl ActiveModel {
             published_at: Set(None),
         }
     }
+}
+
+/// Returns the headers of `event`'s row: its routing key, and the trace context of the current
+/// span when tracing is set up.
+fn headers(event: &NewOutboxEvent) -> Json {
+    let mut headers = serde_json::json!({ "routing_key": event.routing_key });
+    if let Some(traceparent) = crate::trace_context::current_traceparent() {
+        headers[crate::trace_context::TRACEPARENT] = Json::from(traceparent);
+    }
+    headers
 }

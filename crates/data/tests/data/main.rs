@@ -522,6 +522,7 @@ fn outbox_event(id: i64, routing_key: &str) -> OutboxEvent {
         routing_key: routing_key.into(),
         payload: json!({ "order_id": format!("order-{id}"), "total_amount": id * 100 }),
         retry_count: 0,
+        traceparent: None,
         created_at: Utc::now(),
     }
 }

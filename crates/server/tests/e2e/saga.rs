@@ -20,6 +20,10 @@ use tonic::{Code, transport::Channel};
 
 use super::*;
 
+/// A W3C trace context as a client sends it, and the prefix that names its trace.
+const CLIENT_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const CLIENT_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-";
+
 /// Long enough for any saga in these tests to end, on a loaded two-core machine.
 const SAGA_DEADLINE: Duration = Duration::from_secs(60);
 const BOOK_PRICE: i64 = 1250;
@@ -326,6 +330,15 @@ fn step_names(saga: &pb::Saga) -> Vec<&str> {
     saga.steps.iter().map(|step| step.name.as_str()).collect()
 }
 
+/// Returns the `traceparent` header of a message.
+fn traceparent(delivery: &lapin::message::Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("traceparent")? {
+        lapin::types::AMQPValue::LongString(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
 fn event_types(deliveries: &[lapin::message::Delivery]) -> Vec<String> {
     deliveries
         .iter()
@@ -352,7 +365,18 @@ async fn happy_path(backend: Backend) {
     stack.set_stock("book", 10).await;
     stack.deposit("alice", 10_000).await;
 
-    let response = stack.place("happy-1", "alice", 2, SAGA_DEADLINE).await;
+    // The client's trace context travels with the saga into every event it causes.
+    let mut request = tonic::Request::new(place_request("happy-1", "alice", 2, SAGA_DEADLINE));
+    request
+        .metadata_mut()
+        .insert("traceparent", CLIENT_TRACEPARENT.parse().unwrap());
+    let response = stack
+        .orders()
+        .await
+        .place_order(request)
+        .await
+        .expect("PlaceOrder succeeds")
+        .into_inner();
 
     let saga = response.saga.expect("saga");
     let order = response.order.expect("order");
@@ -420,6 +444,13 @@ async fn happy_path(backend: Backend) {
             .expect("message_id");
         assert_eq!(body["event_id"], message_id.as_str());
     }
+    // OrderPaid came from a request of its own, without the client's trace context.
+    for delivery in orders[..2].iter().chain(&stock).chain(&payments) {
+        let traceparent = traceparent(delivery).expect("traceparent header");
+        assert!(traceparent.starts_with(CLIENT_TRACE), "{traceparent}");
+    }
+    let paid_trace = traceparent(&orders[2]).expect("traceparent header");
+    assert!(!paid_trace.starts_with(CLIENT_TRACE), "{paid_trace}");
     stack.stop().await;
 }
 
