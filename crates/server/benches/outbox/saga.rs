@@ -37,8 +37,8 @@ use super::{create_run, database, rate, sample_order};
 const CALLS_PER_SAGA: usize = 4;
 /// Users that `sample_order` spreads orders over.
 const USERS: usize = 50;
-/// How long a PlaceOrder call waits for its saga; the configuration caps it at
-/// `saga.max_wait_secs`.
+/// How long a PlaceOrder call waits for its saga, at most `saga.max_wait_secs` of the
+/// configuration.
 const SAGA_WAIT: Duration = Duration::from_secs(60);
 
 fn config_path() -> &'static Path {
