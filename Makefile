@@ -15,7 +15,7 @@ run: ## Run order-server and daemon-worker on CONF, starting RabbitMQ when none 
 test: ## Start throwaway RabbitMQ and PostgreSQL, then run fmt, clippy and all tests
 	scripts/test.sh
 
-bench: ## Measure relay and CreateOrder throughput beside their raw ceilings (release build)
+bench: ## Measure relay, CreateOrder and saga throughput beside raw ceilings (release build)
 	scripts/bench.sh
 
 migrate: ## Apply the database migrations for CONF (default configs/config.yaml)

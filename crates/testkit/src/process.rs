@@ -142,6 +142,11 @@ impl ServiceProcess {
             .to_string()
     }
 
+    /// Returns the operating-system id of the process while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     ///
     /// # Panics

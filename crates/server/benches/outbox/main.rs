@@ -1,5 +1,5 @@
-//! `make bench`: throughput of the outbox relay and of CreateOrder, each beside its raw
-//! ceiling measured in the same run on the same broker and database.
+//! `make bench`: throughput of the outbox relay, of CreateOrder and of PlaceOrder's saga, each
+//! beside its raw ceiling measured in the same run on the same broker and database.
 //!
 //! - relay: N outbox rows drained by `OutboxDispatcher` (claim, pipelined publish with
 //!   publisher confirms, mark sent). Beside it, plain lapin publishes N messages of the same
@@ -8,8 +8,12 @@
 //! - create: `OrderUseCase::create_order` (validation, idempotency look-up, one transaction for
 //!   order, items and event) from concurrent tasks, against the same three inserts issued as
 //!   raw SQL in one transaction.
+//! - saga: PlaceOrder's saga against real inventory-server and payment-server processes, beside
+//!   plain gRPC calls and CreateOrder (see the `saga` module).
 //!
 //! Needs `TEST_AMQP_URL` and `TEST_POSTGRES_URL`, which scripts/bench.sh sets.
+
+mod saga;
 
 use std::{
     sync::Arc,
@@ -45,7 +49,13 @@ fn count_from_env(name: &str, default: usize) -> usize {
 
 /// Peak resident memory of this process in KiB, from /proc/self/status.
 fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_kib_of("/proc/self/status")
+}
+
+/// Peak resident memory in KiB from the `VmHWM` line of a /proc/PID/status file, or 0 when the
+/// file cannot be read.
+fn peak_rss_kib_of(status_path: &str) -> u64 {
+    let status = std::fs::read_to_string(status_path).unwrap_or_default();
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -303,6 +313,8 @@ async fn main() {
     let events = count_from_env("BENCH_EVENTS", 10_000);
     let orders = count_from_env("BENCH_ORDERS", 2_000);
     let concurrency = count_from_env("BENCH_CONCURRENCY", 8);
+    let sagas = count_from_env("BENCH_SAGAS", 500);
+    let saga_concurrency = count_from_env("BENCH_SAGA_CONCURRENCY", 8);
     println!("| benchmark | backend | count | elapsed (s) | per second |");
     println!("|---|---|---|---|---|");
 
@@ -336,9 +348,16 @@ async fn main() {
         );
         db.close().await.unwrap();
     }
+    let mut participant_memory = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        participant_memory.extend(saga::saga_rows(backend, sagas, saga_concurrency).await);
+    }
     println!();
     println!(
         "peak resident memory of the benchmark process: {} MiB",
         peak_rss_kib() / 1024
     );
+    for line in participant_memory {
+        println!("peak resident memory of {line}");
+    }
 }
