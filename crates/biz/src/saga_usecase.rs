@@ -357,8 +357,9 @@ impl OrderSagaUseCase {
         );
     }
 
-    /// Reads the saga until it is final or `wait` has passed. Sagas this process drives wake
-    /// the waiter on every save; others are read again every 200 ms.
+    /// Reads the saga until it is final or `wait` has passed. For a saga this process drives,
+    /// the waiter sleeps until the driver reports a final state, then reads the saga once;
+    /// other sagas are read again every 200 ms.
     async fn wait_for(&self, id: SagaId, wait: Duration) -> Result<Saga, OrderError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -372,18 +373,24 @@ impl OrderSagaUseCase {
                 .expect("progress map lock")
                 .get(&id)
                 .map(watch::Sender::subscribe);
-            let poll = tokio::time::sleep_until(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
-            );
             match receiver {
                 Some(mut receiver) => {
+                    // Ends early, with an error, when the driver stops without a final
+                    // state; the next pass then polls.
+                    // The guard that `wait_for` returns must not live across an await.
+                    let ended = async {
+                        let _ = receiver.wait_for(SagaState::is_final).await.is_ok();
+                    };
                     tokio::select! {
-                        _ = receiver.changed() => {}
-                        () = poll => {}
+                        () = ended => {}
+                        () = tokio::time::sleep_until(deadline) => {}
                         () = self.shutdown.cancelled() => return self.get_saga(id).await,
                     }
                 }
                 None => {
+                    let poll = tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                    );
                     tokio::select! {
                         () = poll => {}
                         () = self.shutdown.cancelled() => return self.get_saga(id).await,
