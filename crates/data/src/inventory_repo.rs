@@ -247,7 +247,7 @@ fn to_stock(row: stocks::Model) -> Result<Stock, RepoError> {
 
 #[async_trait]
 impl InventoryRepo for SeaOrmInventoryRepo {
-    #[instrument(skip_all, fields(saga_id = %request.saga_id), err(Display))]
+    #[instrument(skip_all, fields(saga_id = %request.saga_id), err(level = "debug", Display))]
     async fn reserve(&self, request: &ReserveStock) -> Result<Reservation, ParticipantError> {
         let saga_id = request.saga_id;
         let Some(txn) = self.begin_step(saga_id, Operation::Try).await? else {
@@ -286,7 +286,7 @@ impl InventoryRepo for SeaOrmInventoryRepo {
         })
     }
 
-    #[instrument(skip(self), err(Display))]
+    #[instrument(skip(self), err(level = "debug", Display))]
     async fn confirm(&self, saga_id: SagaId) -> Result<(), ParticipantError> {
         let Some(txn) = self.begin_step(saga_id, Operation::Confirm).await? else {
             return Ok(());
@@ -306,7 +306,7 @@ impl InventoryRepo for SeaOrmInventoryRepo {
         Ok(())
     }
 
-    #[instrument(skip(self), err(Display))]
+    #[instrument(skip(self), err(level = "debug", Display))]
     async fn release(&self, saga_id: SagaId) -> Result<Released, ParticipantError> {
         let Some(txn) = self.begin_step(saga_id, Operation::Cancel).await? else {
             let barriers = barrier::load(&self.db, saga_id, STEP, None)
@@ -345,7 +345,7 @@ impl InventoryRepo for SeaOrmInventoryRepo {
         }
     }
 
-    #[instrument(skip_all, fields(sku = %sku), err(Display))]
+    #[instrument(skip_all, fields(sku = %sku), err(level = "debug", Display))]
     async fn get_stock(&self, sku: &Sku) -> Result<Option<Stock>, RepoError> {
         stocks::Entity::find_by_id(sku.as_str())
             .one(&self.db)
@@ -355,7 +355,7 @@ impl InventoryRepo for SeaOrmInventoryRepo {
             .transpose()
     }
 
-    #[instrument(skip_all, fields(sku = %sku, available), err(Display))]
+    #[instrument(skip_all, fields(sku = %sku, available), err(level = "debug", Display))]
     async fn set_stock(&self, sku: &Sku, available: i64) -> Result<Stock, RepoError> {
         use stocks::{Column, Entity};
 

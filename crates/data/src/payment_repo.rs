@@ -224,7 +224,7 @@ fn to_account(row: accounts::Model) -> Result<Account, RepoError> {
 
 #[async_trait]
 impl PaymentRepo for SeaOrmPaymentRepo {
-    #[instrument(skip_all, fields(saga_id = %request.saga_id), err(Display))]
+    #[instrument(skip_all, fields(saga_id = %request.saga_id), err(level = "debug", Display))]
     async fn freeze(&self, request: &Freeze) -> Result<Freeze, ParticipantError> {
         let saga_id = request.saga_id;
         let Some(txn) = self.begin_step(saga_id, Operation::Try).await? else {
@@ -251,7 +251,7 @@ impl PaymentRepo for SeaOrmPaymentRepo {
         Ok(request.clone())
     }
 
-    #[instrument(skip(self), err(Display))]
+    #[instrument(skip(self), err(level = "debug", Display))]
     async fn confirm(&self, saga_id: SagaId) -> Result<(), ParticipantError> {
         let Some(txn) = self.begin_step(saga_id, Operation::Confirm).await? else {
             return Ok(());
@@ -271,7 +271,7 @@ impl PaymentRepo for SeaOrmPaymentRepo {
         Ok(())
     }
 
-    #[instrument(skip(self), err(Display))]
+    #[instrument(skip(self), err(level = "debug", Display))]
     async fn unfreeze(&self, saga_id: SagaId) -> Result<Unfrozen, ParticipantError> {
         let Some(txn) = self.begin_step(saga_id, Operation::Cancel).await? else {
             let barriers = barrier::load(&self.db, saga_id, STEP, None)
@@ -310,7 +310,7 @@ impl PaymentRepo for SeaOrmPaymentRepo {
         }
     }
 
-    #[instrument(skip_all, fields(user_id = %user_id), err(Display))]
+    #[instrument(skip_all, fields(user_id = %user_id), err(level = "debug", Display))]
     async fn get_account(&self, user_id: &UserId) -> Result<Option<Account>, RepoError> {
         accounts::Entity::find_by_id(user_id.as_str())
             .one(&self.db)
@@ -320,7 +320,7 @@ impl PaymentRepo for SeaOrmPaymentRepo {
             .transpose()
     }
 
-    #[instrument(skip_all, fields(user_id = %user_id, amount), err(Display))]
+    #[instrument(skip_all, fields(user_id = %user_id, amount), err(level = "debug", Display))]
     async fn deposit(&self, user_id: &UserId, amount: i64) -> Result<Account, ParticipantError> {
         use accounts::{Column, Entity};
 
