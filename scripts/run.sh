@@ -217,7 +217,7 @@ Create an order:
 
 Stock a SKU, fund an account, and place an order through the saga:
   $grpcurl -plaintext -d '{"sku":"book","available":10}' 127.0.0.1:$inventory_port inventory.v1.InventoryService/SetStock
-  $grpcurl -plaintext -d '{"user_id":"alice","amount":10000}' 127.0.0.1:$payment_port payment.v1.PaymentService/Deposit
+  $grpcurl -plaintext -d '{"user_id":"alice","amount":5000}' 127.0.0.1:$payment_port payment.v1.PaymentService/Deposit
   $grpcurl -plaintext -d '$place_request' $grpc_host:$grpc_port order.v1.OrderService/PlaceOrder
 
 EOF

@@ -111,6 +111,11 @@ pub trait SagaRepo: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<Saga>, RepoError>;
 
+    /// Writes `saga`, reopened from `FAILED`, over the stored row with version
+    /// `saga.version`, as version + 1, leased to `owner`. Returns false when the stored saga is
+    /// no longer that `FAILED` version.
+    async fn reopen(&self, saga: &Saga, owner: &str, lease: Duration) -> Result<bool, RepoError>;
+
     /// Ends `owner`'s lease on saga `id`, so that a worker may resume it at once.
     async fn release(&self, id: SagaId, owner: &str) -> Result<(), RepoError>;
 }

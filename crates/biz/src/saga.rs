@@ -10,6 +10,9 @@ use crate::{order::OrderId, saga_id::SagaId};
 
 pub const SAGA_TYPE_PLACE_ORDER: &str = "place_order";
 
+/// Separates the failed compensations from their cause in the error of a `FAILED` saga.
+const COMPENSATING_BECAUSE: &str = "; compensating because ";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SagaState {
     Running,
@@ -275,6 +278,41 @@ impl Saga {
         self.deadline = None;
     }
 
+    /// Ends a compensating saga `FAILED` with `failures`, keeping the reason it compensated
+    /// for in the error, so that [`Self::reopen`] can restore it.
+    pub fn fail_compensation(&mut self, failures: &str) {
+        let cause = self.error.take().unwrap_or_default();
+        self.fail(format!("{failures}{COMPENSATING_BECAUSE}{cause}"));
+    }
+
+    /// Turns a `FAILED` saga back to the state it failed in, so that a driver takes up its
+    /// failed step again with a fresh retry budget. Returns false for a saga that is not
+    /// `FAILED`.
+    pub fn reopen(&mut self) -> bool {
+        if self.state != SagaState::Failed {
+            return false;
+        }
+        let compensating = self.steps.iter().any(|step| {
+            matches!(
+                step.name,
+                StepName::UnfreezeBalance | StepName::ReleaseStock | StepName::CancelOrder
+            )
+        });
+        if compensating {
+            self.state = SagaState::Compensating;
+            // The error goes back to the reason the saga compensates for.
+            self.error = self
+                .error
+                .as_deref()
+                .and_then(|error| error.split_once(COMPENSATING_BECAUSE))
+                .map(|(_, cause)| cause.to_string());
+        } else {
+            self.state = SagaState::Running;
+            self.error = None;
+        }
+        true
+    }
+
     /// Records the final local step (`confirm_order` or `cancel_order`) and the final state.
     pub fn finish(&mut self, last_step: StepName, state: SagaState, now: DateTime<Utc>) {
         self.begin_step(last_step, None, now);
@@ -319,6 +357,34 @@ mod tests {
             StepOutcome::Failed
         );
         assert_eq!(saga.state, SagaState::Compensating);
+    }
+
+    #[test]
+    fn reopen_returns_to_the_failed_phase() {
+        let now = Utc::now();
+        let mut compensating = Saga::start(OrderId::new(), now);
+        compensating.compensate("freeze_balance was rejected".into(), now);
+        compensating.begin_step(StepName::ReleaseStock, None, now);
+        compensating.fail_compensation("release_stock failed 3 times");
+        assert_eq!(
+            compensating.error.as_deref(),
+            Some("release_stock failed 3 times; compensating because freeze_balance was rejected")
+        );
+
+        assert!(compensating.reopen());
+        assert_eq!(compensating.state, SagaState::Compensating);
+        assert_eq!(
+            compensating.error.as_deref(),
+            Some("freeze_balance was rejected")
+        );
+        assert!(!compensating.reopen(), "only a FAILED saga reopens");
+
+        let mut confirming = Saga::start(OrderId::new(), now);
+        confirming.begin_step(StepName::ConfirmStock, None, now);
+        confirming.fail("confirm_stock failed 3 times".into());
+        assert!(confirming.reopen());
+        assert_eq!(confirming.state, SagaState::Running);
+        assert_eq!(confirming.error, None);
     }
 
     #[test]

@@ -134,7 +134,18 @@ impl OrderSagaUseCase {
             )
             .into());
         }
-        let wait = request.wait.min(self.settings.max_wait);
+        if create.total_amount > crate::payment::MAX_AMOUNT {
+            return Err(ValidationError::new(
+                "items",
+                format!(
+                    "the total amount is {}; the payment service takes at most {}",
+                    create.total_amount,
+                    crate::payment::MAX_AMOUNT
+                ),
+            )
+            .into());
+        }
+        let wait = self.checked_wait(request.wait)?;
 
         let saga_id = match self.orders.find_by_request_id(&create.request_id).await? {
             Some(existing) => self.replayed_saga(&existing, &create).await?,
@@ -191,6 +202,21 @@ impl OrderSagaUseCase {
         Ok((order, saga))
     }
 
+    /// Checks a caller's `wait_timeout` against [`SagaSettings::max_wait`].
+    fn checked_wait(&self, wait: Duration) -> Result<Duration, ValidationError> {
+        if wait > self.settings.max_wait {
+            return Err(ValidationError::new(
+                "wait_timeout",
+                format!(
+                    "is {:.3}s; the maximum is {}s, after which the call returns and GetSaga shows the rest",
+                    wait.as_secs_f64(),
+                    self.settings.max_wait.as_secs()
+                ),
+            ));
+        }
+        Ok(wait)
+    }
+
     async fn replayed_saga(
         &self,
         existing: &Order,
@@ -201,7 +227,11 @@ impl OrderSagaUseCase {
         }
         match self.sagas.find_by_order(existing.id).await? {
             Some(saga) => Ok(saga.id),
-            None => Err(OrderError::RequestIdReused(request.request_id.to_string())),
+            None => Err(OrderError::FailedPrecondition(format!(
+                "request_id {:?} belongs to order {}, which CreateOrder made without a saga; send a new request_id to place an order",
+                request.request_id.as_str(),
+                existing.id
+            ))),
         }
     }
 
@@ -215,6 +245,54 @@ impl OrderSagaUseCase {
             .get(id)
             .await?
             .ok_or(OrderError::SagaNotFound(id))
+    }
+
+    /// Returns the saga of order `order_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`OrderError::NotFound`] when the order has no saga.
+    pub async fn get_saga_of_order(&self, order_id: OrderId) -> Result<Saga, OrderError> {
+        self.sagas
+            .find_by_order(order_id)
+            .await?
+            .ok_or(OrderError::NotFound(order_id))
+    }
+
+    /// Gives a `FAILED` saga a fresh retry budget and drives it again from the step that
+    /// failed, in the background. Returns the saga as it is then; a saga that is running or
+    /// compensating is returned unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`OrderError::FailedPrecondition`] for a saga that succeeded or compensated.
+    #[instrument(skip(self))]
+    pub async fn resume_saga(self: &Arc<Self>, id: SagaId) -> Result<Saga, OrderError> {
+        let mut saga = self.get_saga(id).await?;
+        match saga.state {
+            SagaState::Running | SagaState::Compensating => return Ok(saga),
+            SagaState::Succeeded | SagaState::Compensated => {
+                return Err(OrderError::FailedPrecondition(format!(
+                    "saga {id} is {}; only a FAILED saga can be resumed",
+                    saga.state
+                )));
+            }
+            SagaState::Failed => {}
+        }
+        saga.reopen();
+        saga.updated_at = Utc::now();
+        if !self
+            .sagas
+            .reopen(&saga, &self.settings.owner, self.settings.lease)
+            .await?
+        {
+            // A concurrent call resumed it first.
+            return self.get_saga(id).await;
+        }
+        saga.version += 1;
+        info!(saga_id = %id, state = %saga.state, "saga resumed by an operator");
+        self.spawn(saga.clone());
+        Ok(saga)
     }
 
     /// Marks a confirmed order paid, with its `OrderPaid` event. Paying a paid order returns
@@ -242,19 +320,28 @@ impl OrderSagaUseCase {
         }
     }
 
-    /// Cancels a pending order with its `OrderCancelled` event. When its saga is running, the
-    /// saga undoes its steps first and this call waits for it. Cancelling a cancelled order
-    /// returns it unchanged.
+    /// Cancels a pending order with its `OrderCancelled` event. When the order has a saga, the
+    /// saga undoes its steps first: this call asks it to, waits up to `wait` for it to end,
+    /// and returns the order and saga as they are then, so a saga still compensating leaves
+    /// the order `PENDING`. Cancelling a cancelled order returns it unchanged.
     ///
     /// # Errors
     ///
-    /// [`OrderError::FailedPrecondition`] for a confirmed or paid order, and when the saga
-    /// confirmed the order before the cancel reached it.
+    /// [`OrderError::FailedPrecondition`] for a confirmed or paid order, when the saga
+    /// confirmed the order before the cancel reached it, and when the saga failed; an invalid
+    /// `wait` as for [`Self::place_order`].
     #[instrument(skip(self))]
-    pub async fn cancel_order(&self, id: OrderId, reason: &str) -> Result<Order, OrderError> {
+    pub async fn cancel_order(
+        &self,
+        id: OrderId,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<(Order, Option<Saga>), OrderError> {
+        let wait = self.checked_wait(wait)?;
         let order = self.orders.get(id).await?.ok_or(OrderError::NotFound(id))?;
+        let saga = self.sagas.find_by_order(id).await?;
         match order.status {
-            OrderStatus::Cancelled => return Ok(order),
+            OrderStatus::Cancelled => return Ok((order, saga)),
             OrderStatus::Pending => {}
             status => {
                 return Err(OrderError::FailedPrecondition(format!(
@@ -263,27 +350,32 @@ impl OrderSagaUseCase {
                 )));
             }
         }
-        let Some(saga) = self.sagas.find_by_order(id).await? else {
+        let Some(saga) = saga else {
             let reason = (!reason.is_empty()).then_some(reason);
             let change =
                 OrderChange::new(&order, OrderStatus::Pending, OrderStatus::Cancelled, reason);
             self.orders.change_status(&change).await?;
-            return self.cancelled(id).await;
+            return Ok((self.cancelled(id).await?, None));
         };
         if saga.state == SagaState::Running {
             self.sagas.request_cancel(saga.id).await?;
         }
-        let saga = self.wait_for(saga.id, self.settings.max_wait).await?;
+        let saga = self.wait_for(saga.id, wait).await?;
         match saga.state {
-            SagaState::Compensated => self.cancelled(id).await,
             SagaState::Succeeded => Err(OrderError::FailedPrecondition(format!(
                 "saga {} confirmed order {id} before the cancel reached it; the order stays CONFIRMED",
                 saga.id
             ))),
-            state => Err(OrderError::FailedPrecondition(format!(
-                "saga {} of order {id} is {state}; see GetSaga for why",
-                saga.id
+            SagaState::Failed => Err(OrderError::FailedPrecondition(format!(
+                "saga {} of order {id} FAILED: {}; fix the cause, then call ResumeSaga",
+                saga.id,
+                saga.error.as_deref().unwrap_or("see GetSaga")
             ))),
+            // Compensated, or still under way: the order is as the saga left it.
+            _ => {
+                let order = self.orders.get(id).await?.ok_or(OrderError::NotFound(id))?;
+                Ok((order, Some(saga)))
+            }
         }
     }
 
@@ -458,6 +550,7 @@ impl OrderSagaUseCase {
             }
             self.checkpoint(name)?;
             if let Err(reason) = self.settling_step(saga, order, name).await? {
+                error!(error = %reason, "saga failed while confirming; resume it with ResumeSaga once the cause is fixed");
                 saga.fail(reason);
                 return self.save(saga, None).await;
             }
@@ -470,6 +563,11 @@ impl OrderSagaUseCase {
     }
 
     async fn run_compensation(&self, saga: &mut Saga, order: &Order) -> Result<(), Halt> {
+        info!(
+            reason = saga.error.as_deref().unwrap_or(""),
+            "saga compensating"
+        );
+        let mut failures = Vec::new();
         for (forward, undo) in [
             (StepName::FreezeBalance, StepName::UnfreezeBalance),
             (StepName::ReserveStock, StepName::ReleaseStock),
@@ -478,11 +576,19 @@ impl OrderSagaUseCase {
                 continue;
             }
             self.checkpoint(undo)?;
+            // One compensation that fails does not stop the others: each undoes a different
+            // participant's step.
             if let Err(reason) = self.settling_step(saga, order, undo).await? {
-                let cause = saga.error.take().unwrap_or_default();
-                saga.fail(format!("{reason} (compensating because {cause})"));
-                return self.save(saga, None).await;
+                failures.push(reason);
             }
+        }
+        if !failures.is_empty() {
+            saga.fail_compensation(&failures.join("; "));
+            error!(
+                error = saga.error.as_deref().unwrap_or(""),
+                "saga failed while compensating; resume it with ResumeSaga once the cause is fixed"
+            );
+            return self.save(saga, None).await;
         }
         self.checkpoint(StepName::CancelOrder)?;
         let now = Utc::now();
@@ -513,6 +619,10 @@ impl OrderSagaUseCase {
         saga.begin_step(name, Some(deadline), now);
         self.save(saga, None).await?;
         loop {
+            // A cancel takes effect before the next call and wins over the deadline.
+            if saga.attempts(name) > 0 && self.cancel_requested(saga).await? {
+                return Ok(StepEnd::GaveUp(CANCELLED_BY_CLIENT.into()));
+            }
             let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
             if remaining.is_zero() {
                 let last = saga
@@ -550,11 +660,8 @@ impl OrderSagaUseCase {
                             )));
                         }
                         CallErrorKind::Transient | CallErrorKind::Unknown => {
+                            warn!(step = %name, attempts = saga.attempts(name), error = %error.message, "participant call failed; retrying until the step's deadline");
                             self.save(saga, None).await?;
-                            // A cancel need not wait for the step's deadline.
-                            if self.cancel_requested(saga).await? {
-                                return Ok(StepEnd::GaveUp(CANCELLED_BY_CLIENT.into()));
-                            }
                             let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
                             self.back_off(saga.attempts(name), remaining).await?;
                         }
@@ -606,6 +713,7 @@ impl OrderSagaUseCase {
                             return Ok(Err(format!("{name} was rejected: {}", error.message)));
                         }
                         CallErrorKind::Transient | CallErrorKind::Unknown => {
+                            warn!(step = %name, attempts = saga.attempts(name), error = %error.message, "participant call failed; retrying");
                             self.save(saga, None).await?;
                             self.back_off(saga.attempts(name), self.settings.backoff_max)
                                 .await?;
@@ -874,6 +982,20 @@ mod tests {
             Ok(Vec::new())
         }
 
+        async fn reopen(&self, saga: &Saga, _: &str, _: Duration) -> Result<bool, RepoError> {
+            let mut sagas = self.sagas.lock().unwrap();
+            let stored = sagas
+                .iter_mut()
+                .find(|s| s.id == saga.id)
+                .expect("saga stored");
+            if stored.version != saga.version || stored.state != SagaState::Failed {
+                return Ok(false);
+            }
+            *stored = saga.clone();
+            stored.version += 1;
+            Ok(true)
+        }
+
         async fn release(&self, _: SagaId, _: &str) -> Result<(), RepoError> {
             Ok(())
         }
@@ -1135,6 +1257,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failed_compensation_still_runs_the_others() {
+        let harness = harness();
+        harness
+            .participants
+            .script("freeze", vec![error(CallErrorKind::Unknown)]);
+        harness
+            .participants
+            .script("unfreeze", vec![error(CallErrorKind::Transient)]);
+
+        let (order, saga) = harness.sagas.place_order(request("r-1")).await.unwrap();
+
+        assert_eq!(saga.state, SagaState::Failed);
+        assert_eq!(order.status, OrderStatus::Pending);
+        assert!(saga.succeeded(StepName::ReleaseStock), "{saga:?}");
+        assert!(harness.participants.calls().contains(&"release"));
+    }
+
+    #[tokio::test]
+    async fn resumed_saga_finishes_its_compensation() {
+        let harness = harness();
+        harness
+            .participants
+            .script("freeze", vec![error(CallErrorKind::Rejected)]);
+        harness
+            .participants
+            .script("release", vec![error(CallErrorKind::Transient)]);
+        let (order, failed) = harness.sagas.place_order(request("r-1")).await.unwrap();
+        assert_eq!(failed.state, SagaState::Failed);
+        harness.participants.script("release", vec![Ok(())]);
+
+        let resumed = harness.sagas.resume_saga(failed.id).await.unwrap();
+        assert_eq!(resumed.state, SagaState::Compensating);
+        let saga = harness
+            .sagas
+            .wait_for(failed.id, Duration::from_secs(10))
+            .await
+            .unwrap();
+
+        assert_eq!(saga.state, SagaState::Compensated, "{saga:?}");
+        let cancelled = harness.orders.get(order.id).await.unwrap().unwrap();
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert!(
+            saga.error
+                .unwrap()
+                .starts_with("freeze_balance was rejected")
+        );
+        let error = harness.sagas.resume_saga(failed.id).await.unwrap_err();
+        assert!(
+            matches!(error, OrderError::FailedPrecondition(_)),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn repeated_request_returns_the_first_saga() {
         let harness = harness();
 
@@ -1161,7 +1337,11 @@ mod tests {
             events(&harness),
             ["OrderCreated", "OrderConfirmed", "OrderPaid"]
         );
-        let error = harness.sagas.cancel_order(order.id, "").await.unwrap_err();
+        let error = harness
+            .sagas
+            .cancel_order(order.id, "", Duration::ZERO)
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, OrderError::FailedPrecondition(_)),
             "{error}"

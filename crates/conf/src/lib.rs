@@ -187,7 +187,7 @@ impl Default for SagaConfig {
             payment_url: "http://127.0.0.1:9002".into(),
             call_timeout_ms: 2_000,
             step_deadline_ms: 15_000,
-            max_attempts: 20,
+            max_attempts: 60,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
             lease_secs: 30,

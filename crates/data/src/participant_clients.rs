@@ -57,9 +57,16 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
-/// Drops the response of a call that succeeded and classifies the status of one that failed.
-fn outcome<T>(result: Result<tonic::Response<T>, Status>) -> Result<(), CallError> {
-    result.map(drop).map_err(|status| classify_status(&status))
+/// Drops the response of a call that succeeded and classifies the status of one that failed,
+/// naming the participant's address when it could not be reached.
+fn outcome<T>(result: Result<tonic::Response<T>, Status>, url: &str) -> Result<(), CallError> {
+    result.map(drop).map_err(|status| {
+        let mut error = classify_status(&status);
+        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+            error.message.push_str(&format!(" (calling {url})"));
+        }
+        error
+    })
 }
 
 fn stock_items(items: &[OrderItem]) -> Vec<inventory::StockItem> {
@@ -75,6 +82,7 @@ fn stock_items(items: &[OrderItem]) -> Vec<inventory::StockItem> {
 #[derive(Clone)]
 pub struct GrpcInventoryClient {
     client: InventoryServiceClient<Channel>,
+    url: String,
 }
 
 impl GrpcInventoryClient {
@@ -84,6 +92,7 @@ impl GrpcInventoryClient {
     pub fn new(url: &str) -> Result<Self, String> {
         Ok(Self {
             client: InventoryServiceClient::new(lazy_channel(url)?),
+            url: url.to_string(),
         })
     }
 }
@@ -101,7 +110,10 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        outcome(client.reserve_stock(with_timeout(request, timeout)).await)
+        outcome(
+            client.reserve_stock(with_timeout(request, timeout)).await,
+            &self.url,
+        )
     }
 
     async fn confirm(
@@ -115,7 +127,10 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        outcome(client.confirm_stock(with_timeout(request, timeout)).await)
+        outcome(
+            client.confirm_stock(with_timeout(request, timeout)).await,
+            &self.url,
+        )
     }
 
     async fn release(
@@ -129,13 +144,17 @@ impl InventoryClient for GrpcInventoryClient {
             items: stock_items(items),
         };
         let mut client = self.client.clone();
-        outcome(client.release_stock(with_timeout(request, timeout)).await)
+        outcome(
+            client.release_stock(with_timeout(request, timeout)).await,
+            &self.url,
+        )
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcPaymentClient {
     client: PaymentServiceClient<Channel>,
+    url: String,
 }
 
 impl GrpcPaymentClient {
@@ -145,6 +164,7 @@ impl GrpcPaymentClient {
     pub fn new(url: &str) -> Result<Self, String> {
         Ok(Self {
             client: PaymentServiceClient::new(lazy_channel(url)?),
+            url: url.to_string(),
         })
     }
 }
@@ -164,7 +184,10 @@ impl PaymentClient for GrpcPaymentClient {
             amount,
         };
         let mut client = self.client.clone();
-        outcome(client.freeze_balance(with_timeout(request, timeout)).await)
+        outcome(
+            client.freeze_balance(with_timeout(request, timeout)).await,
+            &self.url,
+        )
     }
 
     async fn confirm(
@@ -180,7 +203,10 @@ impl PaymentClient for GrpcPaymentClient {
             amount,
         };
         let mut client = self.client.clone();
-        outcome(client.confirm_payment(with_timeout(request, timeout)).await)
+        outcome(
+            client.confirm_payment(with_timeout(request, timeout)).await,
+            &self.url,
+        )
     }
 
     async fn unfreeze(
@@ -200,6 +226,7 @@ impl PaymentClient for GrpcPaymentClient {
             client
                 .unfreeze_balance(with_timeout(request, timeout))
                 .await,
+            &self.url,
         )
     }
 }

@@ -71,13 +71,16 @@ impl SeaOrmSagaRepo {
         Statement::from_sql_and_values(self.backend(), sql, values)
     }
 
-    /// Runs the UPDATE of `save` inside `txn`; returns whether the row matched.
+    /// Writes `saga` over the stored row of its version inside `txn`, leased to `owner`
+    /// unless the saga is final. The row must be leased to `owner`, or, with `reopening`,
+    /// be `FAILED`. Returns whether the row matched.
     async fn update_row(
         &self,
         txn: &impl ConnectionTrait,
         saga: &Saga,
         owner: &str,
         lease: Duration,
+        reopening: bool,
     ) -> Result<bool, sea_orm::DbErr> {
         let step_log = serde_json::to_value(&saga.steps).map_err(|error| {
             sea_orm::DbErr::Custom(format!("cannot encode the step log: {error}"))
@@ -116,14 +119,18 @@ impl SeaOrmSagaRepo {
             next = 9;
         }
         sql.push_str(&format!(
-            "WHERE id = {} AND version = {} AND locked_by = {}",
+            "WHERE id = {} AND version = {} ",
             p(next),
-            p(next + 1),
-            p(next + 2)
+            p(next + 1)
         ));
         values.push(saga.id.as_uuid().into());
         values.push(saga.version.into());
-        values.push(owner.into());
+        if reopening {
+            sql.push_str("AND state = 'FAILED'");
+        } else {
+            sql.push_str(&format!("AND locked_by = {}", p(next + 2)));
+            values.push(owner.into());
+        }
         let result = txn.execute_raw(self.statement(sql, values)).await?;
         Ok(result.rows_affected() == 1)
     }
@@ -193,7 +200,7 @@ impl SagaRepo for SeaOrmSagaRepo {
         let txn = self.db.begin().await.map_err(classify)?;
         // The saga row goes first: it is the write that decides who owns the saga.
         if !self
-            .update_row(&txn, saga, owner, lease)
+            .update_row(&txn, saga, owner, lease, false)
             .await
             .map_err(classify)?
         {
@@ -310,6 +317,13 @@ impl SagaRepo for SeaOrmSagaRepo {
             .await
             .map_err(classify)?;
         rows.into_iter().map(to_saga).collect()
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga.id, state = %saga.state), err(Display))]
+    async fn reopen(&self, saga: &Saga, owner: &str, lease: Duration) -> Result<bool, RepoError> {
+        self.update_row(&self.db, saga, owner, lease, true)
+            .await
+            .map_err(classify)
     }
 
     #[instrument(skip(self), err(Display))]

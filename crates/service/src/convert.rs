@@ -36,23 +36,29 @@ pub(crate) fn create_order_from(
     CreateOrder::new(request_id, user_id, currency, items)
 }
 
-/// Validates a `PlaceOrderRequest`: the order fields as for CreateOrder, and a `wait_timeout`
-/// that is not negative.
+/// Validates a `wait_timeout`: unset means no wait; negative durations are invalid. The use
+/// case checks the maximum, which is configured.
+pub(crate) fn wait_from(
+    timeout: Option<prost_types::Duration>,
+) -> Result<Duration, ValidationError> {
+    let Some(timeout) = timeout else {
+        return Ok(Duration::ZERO);
+    };
+    Duration::try_from(timeout).map_err(|_| {
+        let seconds = timeout.seconds as f64 + f64::from(timeout.nanos) / 1e9;
+        ValidationError::new(
+            "wait_timeout",
+            format!("is {seconds}s; use a duration of 0 or more, such as \"5s\""),
+        )
+    })
+}
+
+/// Validates a `PlaceOrderRequest`: the order fields as for CreateOrder, and its
+/// `wait_timeout`.
 pub(crate) fn place_order_from(
     request: pb::PlaceOrderRequest,
 ) -> Result<PlaceOrder, ValidationError> {
-    let wait = match request.wait_timeout {
-        None => Duration::ZERO,
-        Some(timeout) => Duration::try_from(timeout).map_err(|_| {
-            ValidationError::new(
-                "wait_timeout",
-                format!(
-                    "is {}s {}ns; use a duration of 0 or more, such as \"5s\"",
-                    timeout.seconds, timeout.nanos
-                ),
-            )
-        })?,
-    };
+    let wait = wait_from(request.wait_timeout)?;
     let order = create_order_from(pb::CreateOrderRequest {
         request_id: request.request_id,
         user_id: request.user_id,
@@ -302,5 +308,33 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeout_defaults_to_zero() {
+        assert_eq!(wait_from(None), Ok(Duration::ZERO));
+        let five = prost_types::Duration {
+            seconds: 5,
+            nanos: 500_000_000,
+        };
+        assert_eq!(wait_from(Some(five)), Ok(Duration::from_millis(5500)));
+    }
+
+    #[test]
+    fn negative_wait_timeout_names_field() {
+        let negative = prost_types::Duration {
+            seconds: -5,
+            nanos: 0,
+        };
+
+        let error = wait_from(Some(negative)).unwrap_err();
+
+        assert_eq!(error.field, "wait_timeout");
+        assert!(error.message.starts_with("is -5s;"), "{}", error.message);
     }
 }

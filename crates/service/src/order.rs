@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
-    convert::{create_order_from, order_to_pb, place_order_from, saga_to_pb},
+    convert::{create_order_from, order_to_pb, place_order_from, saga_to_pb, wait_from},
     error::{invalid_argument, status_from},
 };
 
@@ -143,8 +143,34 @@ impl OrderServiceApi for OrderService {
         &self,
         request: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::Saga>, Status> {
+        let request = request.into_inner();
+        let saga = match (request.id.is_empty(), request.order_id.is_empty()) {
+            (false, true) => {
+                let id = SagaId::parse("id", &request.id).map_err(invalid_argument)?;
+                self.sagas.get_saga(id).await
+            }
+            (true, false) => {
+                let order_id =
+                    OrderId::parse("order_id", &request.order_id).map_err(invalid_argument)?;
+                self.sagas.get_saga_of_order(order_id).await
+            }
+            _ => {
+                return Err(invalid_argument(ValidationError::new(
+                    "id",
+                    "give either id (the saga's UUID) or order_id (its order's UUID), not both or neither",
+                )));
+            }
+        };
+        Ok(Response::new(saga_to_pb(saga.map_err(status_from)?)))
+    }
+
+    #[instrument(skip_all, fields(rpc = "ResumeSaga"))]
+    async fn resume_saga(
+        &self,
+        request: Request<pb::ResumeSagaRequest>,
+    ) -> Result<Response<pb::Saga>, Status> {
         let id = SagaId::parse("id", &request.into_inner().id).map_err(invalid_argument)?;
-        let saga = self.sagas.get_saga(id).await.map_err(status_from)?;
+        let saga = self.sagas.resume_saga(id).await.map_err(status_from)?;
         Ok(Response::new(saga_to_pb(saga)))
     }
 
@@ -169,13 +195,15 @@ impl OrderServiceApi for OrderService {
         let request = request.into_inner();
         let id = OrderId::parse("order_id", &request.order_id).map_err(invalid_argument)?;
         let reason = cancel_reason(&request.reason).map_err(invalid_argument)?;
-        let order = self
+        let wait = wait_from(request.wait_timeout).map_err(invalid_argument)?;
+        let (order, saga) = self
             .sagas
-            .cancel_order(id, reason)
+            .cancel_order(id, reason, wait)
             .await
             .map_err(status_from)?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_to_pb(order)),
+            saga: saga.map(saga_to_pb),
         }))
     }
 }

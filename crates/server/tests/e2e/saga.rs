@@ -250,7 +250,10 @@ impl SagaStack {
     async fn saga(&self, id: &str) -> pb::Saga {
         self.orders()
             .await
-            .get_saga(GetSagaRequest { id: id.into() })
+            .get_saga(GetSagaRequest {
+                id: id.into(),
+                order_id: String::new(),
+            })
             .await
             .expect("GetSaga succeeds")
             .into_inner()
@@ -418,6 +421,7 @@ async fn happy_path(backend: Backend) {
         .cancel_order(CancelOrderRequest {
             order_id: order.id.clone(),
             reason: "changed my mind".into(),
+            wait_timeout: None,
         })
         .await
         .expect_err("a paid order cannot be cancelled");
@@ -606,6 +610,10 @@ async fn cancel_order_compensates_running_saga() {
             .cancel_order(CancelOrderRequest {
                 order_id,
                 reason: "changed my mind".into(),
+                wait_timeout: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
             })
             .await
     });
@@ -897,5 +905,31 @@ async fn unreachable_compensation_ends_failed() {
         pb::OrderStatus::Pending,
         "an operator decides"
     );
+
+    // Once the inventory service is back, an operator resumes the saga and it compensates.
+    stack.start_participant(Participant::Inventory).await;
+    let resumed = stack
+        .orders()
+        .await
+        .resume_saga(pb::ResumeSagaRequest { id: id.clone() })
+        .await
+        .expect("ResumeSaga succeeds")
+        .into_inner();
+    assert_eq!(resumed.state(), SagaState::Compensating);
+    let saga = stack.wait_until_final(&id).await;
+    assert_eq!(saga.state(), SagaState::Compensated, "{saga:#?}");
+    assert!(saga.error.starts_with("freeze_balance"), "{}", saga.error);
+    assert_eq!(stack.stock("book").await, (10, 0));
+    let by_order = stack
+        .orders()
+        .await
+        .get_saga(GetSagaRequest {
+            id: String::new(),
+            order_id: saga.order_id.clone(),
+        })
+        .await
+        .expect("GetSaga by order succeeds")
+        .into_inner();
+    assert_eq!(by_order.id, id);
     stack.stop().await;
 }
