@@ -249,6 +249,7 @@ impl InventoryUseCase {
     ) -> Result<Reservation, ParticipantError> {
         let result = self.repo.reserve(&request).await;
         count("reserve", &result);
+        answer_late("inventory::after_reserve").await;
         result
     }
 
@@ -289,6 +290,18 @@ impl InventoryUseCase {
         debug!(reserved = stock.reserved, "stock set");
         Ok(stock)
     }
+}
+
+/// A fail point for crash tests: with the `failpoints` feature and `FAILPOINTS` set to
+/// `NAME=return(MILLISECONDS)`, the answer waits that long after the change committed, as if
+/// it were lost on the way. Does nothing otherwise.
+async fn answer_late(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(millis)) = fail::eval(name, |argument| argument) {
+        let millis = millis.parse().unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    }
+    let _ = name;
 }
 
 /// Counts the outcome of one step call in `inventory_steps_total`.

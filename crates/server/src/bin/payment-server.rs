@@ -12,6 +12,7 @@ use tracing::info;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    server::failpoints::setup();
     let config = Args::load()?;
     telemetry::init(&config.telemetry);
     info!(

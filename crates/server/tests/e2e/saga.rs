@@ -933,3 +933,81 @@ async fn unreachable_compensation_ends_failed() {
     assert_eq!(by_order.id, id);
     stack.stop().await;
 }
+
+/// A reservation that commits but answers after the call's timeout has an unknown outcome:
+/// the saga repeats the same call, and the barrier answers the repeat with the first result,
+/// so the stock moves once.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features server/failpoints"
+)]
+async fn late_answer_is_repeated_and_applied_once() {
+    let mut stack = SagaStack::new(Backend::Sqlite).await;
+    stack
+        .inventory
+        .set("FAILPOINTS", "inventory::after_reserve=1*return(1500)");
+    stack.start_participant(Participant::Inventory).await;
+    stack.start_participant(Participant::Payment).await;
+    stack.start_order_server(&[]).await;
+    stack.set_stock("book", 10).await;
+    stack.deposit("alice", 10_000).await;
+
+    let response = stack
+        .place("late-answer-1", "alice", 2, SAGA_DEADLINE)
+        .await;
+
+    let saga = response.saga.expect("saga");
+    assert_eq!(saga.state(), SagaState::Succeeded, "{saga:#?}");
+    let reserve = step(&saga, "reserve_stock").expect("reserve_stock ran");
+    assert_eq!(reserve.attempts, 2, "{reserve:?}");
+    // tonic reports its own client timeout as CANCELLED "Timeout expired".
+    assert!(
+        reserve.last_error.contains("Timeout expired"),
+        "{reserve:?}"
+    );
+    assert_eq!(stack.stock("book").await, (8, 0));
+    assert_eq!(stack.account("alice").await, (10_000 - 2 * BOOK_PRICE, 0));
+    stack.stop().await;
+}
+
+/// Answers that always come too late: the saga gives up at the step's deadline and
+/// compensates, and the release undoes the reservation that did commit.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features server/failpoints"
+)]
+async fn late_answers_past_deadline_are_compensated() {
+    let mut stack = SagaStack::new(Backend::Sqlite).await;
+    stack
+        .inventory
+        .set("FAILPOINTS", "inventory::after_reserve=return(1500)");
+    stack.order.set("APP__SAGA__STEP_DEADLINE_MS", "2500");
+    stack.start_participant(Participant::Inventory).await;
+    stack.start_participant(Participant::Payment).await;
+    stack.start_order_server(&[]).await;
+    stack.set_stock("book", 10).await;
+    stack.deposit("alice", 10_000).await;
+
+    let response = stack
+        .place("late-answer-2", "alice", 2, SAGA_DEADLINE)
+        .await;
+
+    let saga = response.saga.expect("saga");
+    assert_eq!(saga.state(), SagaState::Compensated, "{saga:#?}");
+    assert_eq!(
+        step_names(&saga),
+        [
+            "create_order",
+            "reserve_stock",
+            "release_stock",
+            "cancel_order"
+        ]
+    );
+    assert_eq!(step(&saga, "reserve_stock").unwrap().outcome, "FAILED");
+    assert!(saga.error.contains("deadline"), "{}", saga.error);
+    assert_eq!(stack.stock("book").await, (10, 0));
+    assert_eq!(stack.account("alice").await, (10_000, 0));
+    stack.stop().await;
+}
