@@ -1,5 +1,5 @@
 //! The order saga as data: its state, the steps it ran with their outcomes, and the rules for
-//! moving between states. `OrderSagaUseCase` drives it; `SagaRepo` stores it.
+//! moving between states. `OrderSagaUseCase` drives it and `SagaRepo` stores it.
 
 use std::{fmt, str::FromStr};
 
@@ -105,12 +105,12 @@ impl fmt::Display for StepName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StepOutcome {
-    /// Started and not finished; calls may be under way.
+    /// Started and not finished, so calls may be under way.
     Pending,
     Succeeded,
     /// The participant rejected it, so the step had no effect.
     Rejected,
-    /// Given up after its deadline or retry budget; it may or may not have taken effect.
+    /// Given up after its deadline or retry budget. It may or may not have taken effect.
     Failed,
 }
 
@@ -146,7 +146,7 @@ pub struct Saga {
     pub steps: Vec<SagaStep>,
     /// Why the saga compensated or failed.
     pub error: Option<String>,
-    /// Set by CancelOrder; the saga compensates before its next forward step.
+    /// Set by CancelOrder, which makes the saga compensate before its next forward step.
     pub cancel_requested: bool,
     /// When the pending forward step gives up.
     pub deadline: Option<DateTime<Utc>>,
@@ -212,7 +212,7 @@ impl Saga {
             .is_some_and(|step| !(step.outcome == StepOutcome::Rejected && step.attempts <= 1))
     }
 
-    /// Opens `name` unless it is open already; a forward step gets its deadline here.
+    /// Opens `name` unless it is open already. A forward step gets its deadline here.
     pub fn begin_step(
         &mut self,
         name: StepName,

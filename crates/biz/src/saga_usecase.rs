@@ -49,7 +49,7 @@ pub struct SagaSettings {
 #[derive(Clone, Debug)]
 pub struct PlaceOrder {
     pub order: CreateOrder,
-    /// How long the caller waits for the saga to end; capped at [`SagaSettings::max_wait`].
+    /// How long the caller waits for the saga to end, at most [`SagaSettings::max_wait`].
     pub wait: Duration,
 }
 
@@ -59,7 +59,7 @@ pub struct PlaceOrder {
 enum Halt {
     /// Another owner took the saga, or the row changed under us.
     LeaseLost,
-    /// The process is shutting down; the lease was released.
+    /// The process is shutting down, and the lease was released.
     Shutdown,
     Storage(RepoError),
     /// A test fail point stopped the driver as if the process had died here.
@@ -260,7 +260,7 @@ impl OrderSagaUseCase {
     }
 
     /// Gives a `FAILED` saga a fresh retry budget and drives it again from the step that
-    /// failed, in the background. Returns the saga as it is then; a saga that is running or
+    /// failed, in the background. Returns the saga as it is then. A saga that is running or
     /// compensating is returned unchanged.
     ///
     /// # Errors
@@ -415,7 +415,7 @@ impl OrderSagaUseCase {
         Ok(count)
     }
 
-    /// Waits up to `grace` for the drivers to stop after the shutdown token fired; each stops
+    /// Waits up to `grace` for the drivers to stop after the shutdown token fired. Each stops
     /// at its next save or backoff and releases its lease.
     pub async fn shut_down(&self, grace: Duration) {
         self.shutdown.cancel();
@@ -468,7 +468,7 @@ impl OrderSagaUseCase {
             match receiver {
                 Some(mut receiver) => {
                     // Ends early, with an error, when the driver stops without a final
-                    // state; the next pass then polls.
+                    // state, and the next pass then polls.
                     // The guard that `wait_for` returns must not live across an await.
                     let ended = async {
                         let _ = receiver.wait_for(SagaState::is_final).await.is_ok();
@@ -1001,7 +1001,7 @@ mod tests {
         }
     }
 
-    /// Answers each participant operation from a script; an empty script answers `Ok`.
+    /// Answers each participant operation from a script. An empty script answers `Ok`.
     #[derive(Default)]
     struct Participants {
         scripts: Mutex<HashMap<&'static str, VecDeque<Result<(), CallError>>>>,

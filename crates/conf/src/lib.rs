@@ -155,7 +155,7 @@ pub struct SagaConfig {
     pub inventory_url: String,
     /// gRPC address of the payment service, such as `http://127.0.0.1:9002`.
     pub payment_url: String,
-    /// Longest wait for one participant call; a call that takes longer has an unknown outcome
+    /// Longest wait for one participant call. A call that takes longer has an unknown outcome
     /// and is repeated.
     pub call_timeout_ms: u64,
     /// How long a forward step (reserve stock, freeze balance) may keep retrying before the
@@ -166,7 +166,7 @@ pub struct SagaConfig {
     /// First retry delay; each later one doubles, with jitter, up to `backoff_max_ms`.
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
-    /// How long a process owns a saga it runs; after a crash, a worker resumes the saga once
+    /// How long a process owns a saga it runs. After a crash, a worker resumes the saga once
     /// this has passed on the database clock. It must exceed `call_timeout_ms` plus
     /// `backoff_max_ms` twice over, since the owner renews it only between calls.
     pub lease_secs: u64,
