@@ -32,7 +32,7 @@ async fn scrape(addr: &str) -> String {
 
 /// Polls `addr` every 100 ms, for 30 s at most, until its metrics contain every line of
 /// `expected`. Returns whether they did, and the last body for the failure message.
-async fn wait_for_metrics(addr: &str, expected: &[&str]) -> (bool, String) {
+pub(super) async fn wait_for_metrics(addr: &str, expected: &[&str]) -> (bool, String) {
     let mut body = String::new();
     for _ in 0..300 {
         body = scrape(addr).await;

@@ -1011,3 +1011,30 @@ async fn late_answers_past_deadline_are_compensated() {
     assert_eq!(stack.account("alice").await, (10_000, 0));
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn saga_metrics_count_outcomes() {
+    let mut stack = SagaStack::new(Backend::Sqlite).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    stack.start_participant(Participant::Inventory).await;
+    stack.start_participant(Participant::Payment).await;
+    stack
+        .start_order_server(&[("APP__TELEMETRY__METRICS_ADDR", metrics.clone())])
+        .await;
+    stack.set_stock("book", 10).await;
+    stack.deposit("alice", 2 * BOOK_PRICE).await;
+
+    stack.place("metrics-1", "alice", 2, SAGA_DEADLINE).await;
+    stack.place("metrics-2", "alice", 2, SAGA_DEADLINE).await;
+
+    let expected = [
+        "sagas_started_total 2",
+        "sagas_finished_total{state=\"SUCCEEDED\"} 1",
+        "sagas_finished_total{state=\"COMPENSATED\"} 1",
+        "saga_calls_total{step=\"freeze_balance\",outcome=\"rejected\"} 1",
+        "saga_calls_total{step=\"release_stock\",outcome=\"ok\"} 1",
+    ];
+    let (found, body) = super::metrics::wait_for_metrics(&metrics, &expected).await;
+    assert!(found, "order-server metrics:\n{body}");
+    stack.stop().await;
+}
