@@ -78,6 +78,8 @@ pub enum OrderError {
     NotFound(OrderId),
     #[error("saga {0} not found")]
     SagaNotFound(SagaId),
+    #[error("order {0} has no saga: CreateOrder made it, and only PlaceOrder runs one")]
+    NoSaga(OrderId),
     /// The order or its saga is in a state that does not allow the call.
     #[error("{0}")]
     FailedPrecondition(String),

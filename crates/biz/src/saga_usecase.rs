@@ -11,7 +11,7 @@ use std::{
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 
@@ -79,14 +79,22 @@ enum StepEnd {
     GaveUp(String),
 }
 
+/// What a caller can see of, and do to, a saga driven in this process.
+struct Progress {
+    /// Wakes callers waiting on the saga.
+    state: watch::Sender<SagaState>,
+    /// Cuts a backoff short when CancelOrder asks the saga to compensate.
+    cancel: Arc<Notify>,
+}
+
 pub struct OrderSagaUseCase {
     orders: Arc<dyn OrderRepo>,
     sagas: Arc<dyn SagaRepo>,
     inventory: Arc<dyn InventoryClient>,
     payment: Arc<dyn PaymentClient>,
     settings: SagaSettings,
-    /// Wakes callers waiting on a saga this process drives.
-    progress: Mutex<HashMap<SagaId, watch::Sender<SagaState>>>,
+    /// The sagas this process drives.
+    progress: Mutex<HashMap<SagaId, Progress>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -208,9 +216,8 @@ impl OrderSagaUseCase {
             return Err(ValidationError::new(
                 "wait_timeout",
                 format!(
-                    "is {:.3}s; the maximum is {}s, after which the call returns and GetSaga shows the rest",
-                    wait.as_secs_f64(),
-                    self.settings.max_wait.as_secs()
+                    "is {wait:?}; the maximum is {:?}, after which the call returns and GetSaga shows the rest",
+                    self.settings.max_wait
                 ),
             ));
         }
@@ -251,12 +258,16 @@ impl OrderSagaUseCase {
     ///
     /// # Errors
     ///
-    /// [`OrderError::NotFound`] when the order has no saga.
+    /// [`OrderError::NotFound`] when there is no such order, [`OrderError::NoSaga`] when
+    /// CreateOrder made it.
     pub async fn get_saga_of_order(&self, order_id: OrderId) -> Result<Saga, OrderError> {
-        self.sagas
-            .find_by_order(order_id)
-            .await?
-            .ok_or(OrderError::NotFound(order_id))
+        if let Some(saga) = self.sagas.find_by_order(order_id).await? {
+            return Ok(saga);
+        }
+        match self.orders.get(order_id).await? {
+            Some(_) => Err(OrderError::NoSaga(order_id)),
+            None => Err(OrderError::NotFound(order_id)),
+        }
     }
 
     /// Gives a `FAILED` saga a fresh retry budget and drives it again from the step that
@@ -266,7 +277,7 @@ impl OrderSagaUseCase {
     /// # Errors
     ///
     /// [`OrderError::FailedPrecondition`] for a saga that succeeded or compensated.
-    #[instrument(skip(self))]
+    #[instrument(skip_all, fields(saga_id = %id))]
     pub async fn resume_saga(self: &Arc<Self>, id: SagaId) -> Result<Saga, OrderError> {
         let mut saga = self.get_saga(id).await?;
         match saga.state {
@@ -301,7 +312,7 @@ impl OrderSagaUseCase {
     /// # Errors
     ///
     /// [`OrderError::FailedPrecondition`] for an order that is not confirmed.
-    #[instrument(skip(self))]
+    #[instrument(skip_all, fields(order_id = %id))]
     pub async fn pay_order(&self, id: OrderId) -> Result<Order, OrderError> {
         let order = self.orders.get(id).await?.ok_or(OrderError::NotFound(id))?;
         match order.status {
@@ -330,7 +341,7 @@ impl OrderSagaUseCase {
     /// [`OrderError::FailedPrecondition`] for a confirmed or paid order, when the saga
     /// confirmed the order before the cancel reached it, and when the saga failed; an invalid
     /// `wait` as for [`Self::place_order`].
-    #[instrument(skip(self))]
+    #[instrument(skip_all, fields(order_id = %id))]
     pub async fn cancel_order(
         &self,
         id: OrderId,
@@ -359,6 +370,16 @@ impl OrderSagaUseCase {
         };
         if saga.state == SagaState::Running {
             self.sagas.request_cancel(saga.id).await?;
+            // A driver in this process stops its backoff at once; one elsewhere reads the
+            // flag before its next call.
+            if let Some(progress) = self
+                .progress
+                .lock()
+                .expect("progress map lock")
+                .get(&saga.id)
+            {
+                progress.cancel.notify_one();
+            }
         }
         let saga = self.wait_for(saga.id, wait).await?;
         match saga.state {
@@ -432,11 +453,14 @@ impl OrderSagaUseCase {
     }
 
     fn spawn(self: &Arc<Self>, saga: Saga) {
-        let (sender, _) = watch::channel(saga.state);
+        let progress = Progress {
+            state: watch::channel(saga.state).0,
+            cancel: Arc::new(Notify::new()),
+        };
         self.progress
             .lock()
             .expect("progress map lock")
-            .insert(saga.id, sender);
+            .insert(saga.id, progress);
         let this = Arc::clone(self);
         let span = info_span!("saga", saga_id = %saga.id, order_id = %saga.order_id);
         self.tasks.spawn(
@@ -464,7 +488,7 @@ impl OrderSagaUseCase {
                 .lock()
                 .expect("progress map lock")
                 .get(&id)
-                .map(watch::Sender::subscribe);
+                .map(|progress| progress.state.subscribe());
             match receiver {
                 Some(mut receiver) => {
                     // Ends early, with an error, when the driver stops without a final
@@ -502,7 +526,15 @@ impl OrderSagaUseCase {
             Err(Halt::LeaseLost) => {
                 warn!("saga taken over by another process; this one stops driving it")
             }
-            Err(Halt::Shutdown) => info!("saga left for a worker at shutdown"),
+            Err(Halt::Shutdown) => {
+                // Every path to here may hold the lease, so it is released once here.
+                match self.sagas.release(saga.id, &self.settings.owner).await {
+                    Ok(()) => info!("saga left for a worker at shutdown"),
+                    Err(error) => {
+                        warn!(error = %error, "failed to release the saga's lease at shutdown; a worker resumes it once the lease passes")
+                    }
+                }
+            }
             Err(Halt::Crash) => warn!("saga driver stopped by a fail point"),
             Err(Halt::Storage(error)) => {
                 error!(error = %error, "saga stopped on a storage failure; a worker resumes it after its lease");
@@ -663,7 +695,8 @@ impl OrderSagaUseCase {
                             warn!(step = %name, attempts = saga.attempts(name), error = %error.message, "participant call failed; retrying until the step's deadline");
                             self.save(saga, None).await?;
                             let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
-                            self.back_off(saga.attempts(name), remaining).await?;
+                            self.back_off(saga.id, saga.attempts(name), remaining)
+                                .await?;
                         }
                     }
                 }
@@ -715,7 +748,7 @@ impl OrderSagaUseCase {
                         CallErrorKind::Transient | CallErrorKind::Unknown => {
                             warn!(step = %name, attempts = saga.attempts(name), error = %error.message, "participant call failed; retrying");
                             self.save(saga, None).await?;
-                            self.back_off(saga.attempts(name), self.settings.backoff_max)
+                            self.back_off(saga.id, saga.attempts(name), self.settings.backoff_max)
                                 .await?;
                         }
                     }
@@ -743,9 +776,14 @@ impl OrderSagaUseCase {
         }
     }
 
-    /// Sleeps before the next call: exponential with jitter, at most `limit`. Shutdown cuts
-    /// the sleep short and releases the lease.
-    async fn back_off(&self, failed_attempts: u32, limit: Duration) -> Result<(), Halt> {
+    /// Sleeps before the next call: exponential with jitter, at most `limit`. A cancel of the
+    /// saga cuts the sleep short, and so does shutdown, which stops the driver.
+    async fn back_off(
+        &self,
+        saga: SagaId,
+        failed_attempts: u32,
+        limit: Duration,
+    ) -> Result<(), Halt> {
         let delay = ExponentialBuilder::new()
             .with_min_delay(self.settings.backoff_min)
             .with_max_delay(self.settings.backoff_max)
@@ -755,8 +793,21 @@ impl OrderSagaUseCase {
             .nth(failed_attempts.saturating_sub(1) as usize)
             .unwrap_or(self.settings.backoff_max)
             .min(limit);
+        let cancel = self
+            .progress
+            .lock()
+            .expect("progress map lock")
+            .get(&saga)
+            .map(|progress| Arc::clone(&progress.cancel));
+        let cancelled = async {
+            match cancel {
+                Some(cancel) => cancel.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
+            () = cancelled => Ok(()),
             () = self.shutdown.cancelled() => Err(Halt::Shutdown),
         }
     }
@@ -772,10 +823,10 @@ impl OrderSagaUseCase {
         Ok(saga.cancel_requested)
     }
 
-    /// Saves the saga and wakes its waiters. A shutdown releases the lease instead.
+    /// Saves the saga and wakes its waiters. During shutdown it saves nothing but a final
+    /// state, and the driver releases the lease.
     async fn save(&self, saga: &mut Saga, change: Option<&OrderChange>) -> Result<(), Halt> {
         if self.shutdown.is_cancelled() && change.is_none() && !saga.state.is_final() {
-            self.sagas.release(saga.id, &self.settings.owner).await?;
             return Err(Halt::Shutdown);
         }
         saga.updated_at = Utc::now();
@@ -787,13 +838,13 @@ impl OrderSagaUseCase {
             return Err(Halt::LeaseLost);
         }
         saga.version += 1;
-        if let Some(sender) = self
+        if let Some(progress) = self
             .progress
             .lock()
             .expect("progress map lock")
             .get(&saga.id)
         {
-            sender.send_replace(saga.state);
+            progress.state.send_replace(saga.state);
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use biz::{DispatchSettings, OrderSagaUseCase, OutboxDispatcher, RetryPolicy, SagaSettings};
 use conf::Config;
 use data::{
@@ -13,6 +14,10 @@ use data::{
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+/// Attempts after the first to apply migrations. Their waits add up to about 11 s, or up to
+/// twice that with jitter.
+const MIGRATION_RETRIES: usize = 8;
 
 /// Connects to the database and applies migrations when `data.auto_migrate` is on.
 ///
@@ -25,7 +30,19 @@ pub async fn open_database(config: &Config) -> anyhow::Result<DatabaseConnection
         .await
         .with_context(|| format!("failed to connect to {}", data.database_url))?;
     if data.auto_migrate {
-        data::migrate(&db)
+        // Processes that start together on a new database race to apply the migrations, and
+        // the losers fail on tables the winner just created. A retry finds them applied.
+        let retries = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(MIGRATION_RETRIES);
+        (|| data::migrate(&db))
+            .retry(retries)
+            .sleep(tokio::time::sleep)
+            .notify(|error, delay| {
+                warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "failed to apply database migrations; retrying in case another process is applying them");
+            })
             .await
             .context("failed to apply database migrations")?;
     }

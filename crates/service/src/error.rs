@@ -9,7 +9,7 @@ use tracing::error;
 pub fn status_from(error: OrderError) -> Status {
     match error {
         OrderError::Invalid(invalid) => invalid_argument(invalid),
-        OrderError::NotFound(_) | OrderError::SagaNotFound(_) => {
+        OrderError::NotFound(_) | OrderError::SagaNotFound(_) | OrderError::NoSaga(_) => {
             Status::not_found(error.to_string())
         }
         OrderError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),

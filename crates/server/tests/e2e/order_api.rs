@@ -360,3 +360,25 @@ async fn broker_outage_delays_but_keeps_events() {
     stack.stop().await;
     node.stop().await;
 }
+
+/// Processes that start together on a new database race to migrate it; every one of them must
+/// come up.
+#[tokio::test]
+async fn processes_starting_together_all_migrate() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let mut stack = Stack::new(backend, required_env("TEST_AMQP_URL")).await;
+        let mut server = stack.start(env!("CARGO_BIN_EXE_order-server"));
+        let mut daemon = stack.start(env!("CARGO_BIN_EXE_daemon-worker"));
+        let mut cron = stack.start(env!("CARGO_BIN_EXE_cron-worker"));
+
+        server.grpc_addr().await;
+        daemon
+            .wait_for_log("daemon relay started", Duration::from_secs(60))
+            .await;
+        cron.wait_for_log("cron relay started", Duration::from_secs(60))
+            .await;
+
+        stack.processes.extend([server, daemon, cron]);
+        stack.stop().await;
+    }
+}

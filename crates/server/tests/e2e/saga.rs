@@ -1038,3 +1038,47 @@ async fn saga_metrics_count_outcomes() {
     assert!(found, "order-server metrics:\n{body}");
     stack.stop().await;
 }
+
+/// SIGTERM during a retry pause releases the saga's lease, so a worker takes the saga over at
+/// once instead of after `saga.lease_secs`.
+#[tokio::test]
+async fn sigterm_releases_lease_of_retrying_saga() {
+    let mut stack = SagaStack::new(Backend::Sqlite).await;
+    stack.order.set("APP__SAGA__LEASE_SECS", "30");
+    stack.order.set("APP__SAGA__BACKOFF_MIN_MS", "1000");
+    stack.order.set("APP__SAGA__BACKOFF_MAX_MS", "5000");
+    stack.start_participant(Participant::Inventory).await;
+    stack.start_participant(Participant::Payment).await;
+    stack.start_order_server(&[]).await;
+    stack.set_stock("book", 10).await;
+    stack.deposit("alice", 10_000).await;
+    stack.stop_participant(Participant::Payment).await;
+    let response = stack.place("sigterm-1", "alice", 1, Duration::ZERO).await;
+    let id = response.saga.expect("saga").id;
+    stack
+        .wait_for_saga(&id, "a freeze attempt", |saga| {
+            step(saga, "freeze_balance").is_some_and(|step| step.attempts >= 1)
+        })
+        .await;
+
+    stack.stop_order_server().await;
+
+    let db = stack.order.db().await;
+    let row = data::entity::saga_instances::Entity::find_by_id(
+        id.parse::<uuid::Uuid>().expect("saga id is a UUID"),
+    )
+    .one(&db)
+    .await
+    .expect("query succeeds")
+    .expect("saga row exists");
+    db.close().await.expect("close");
+    assert_eq!(row.state, "RUNNING");
+    assert_eq!(row.locked_until, None, "the lease was released");
+
+    stack.start_participant(Participant::Payment).await;
+    stack.order.start_daemon().await;
+    stack.start_order_server(&[]).await;
+    let saga = stack.wait_until_final(&id).await;
+    assert_eq!(saga.state(), SagaState::Succeeded, "{saga:#?}");
+    stack.stop().await;
+}
