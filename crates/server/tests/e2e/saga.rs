@@ -960,7 +960,8 @@ async fn late_answer_is_repeated_and_applied_once() {
     let saga = response.saga.expect("saga");
     assert_eq!(saga.state(), SagaState::Succeeded, "{saga:#?}");
     let reserve = step(&saga, "reserve_stock").expect("reserve_stock ran");
-    assert_eq!(reserve.attempts, 2, "{reserve:?}");
+    // Two calls at least: the late one and its repeat. A loaded machine may need more.
+    assert!(reserve.attempts >= 2, "{reserve:?}");
     // tonic reports its own client timeout as CANCELLED "Timeout expired".
     assert!(
         reserve.last_error.contains("Timeout expired"),
