@@ -9,16 +9,41 @@
 //! of waiting).
 
 use biz::{
-    SagaId,
+    RepoError, SagaId,
     participant::{Operation, Outcome, Step, StepBarriers},
 };
 use chrono::Utc;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, SqlErr, Statement, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, QueryFilter, SqlErr, Statement, TransactionTrait,
+    sea_query::Expr,
 };
 
-use crate::entity::saga_barriers::{self, Column, Entity};
+use crate::{
+    entity::saga_barriers::{self, Column, Entity},
+    error::classify,
+};
+
+/// Begins a transaction of `saga_id`'s `step`, serialised on the step, and inserts the
+/// barrier of `operation`. Returns `None`, with nothing written, when that barrier exists.
+pub(crate) async fn begin_step(
+    db: &DatabaseConnection,
+    saga_id: SagaId,
+    step: Step,
+    operation: Operation,
+) -> Result<Option<DatabaseTransaction>, RepoError> {
+    let txn = db.begin().await.map_err(classify)?;
+    lock_step(&txn, saga_id, step).await.map_err(classify)?;
+    if insert(&txn, saga_id, step, operation)
+        .await
+        .map_err(classify)?
+    {
+        Ok(Some(txn))
+    } else {
+        rollback(txn).await;
+        Ok(None)
+    }
+}
 
 /// Waits for the other transactions of `saga_id`'s `step` to end, on PostgreSQL. A hash
 /// collision with another (saga, step) only makes the two wait for each other.

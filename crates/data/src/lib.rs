@@ -15,6 +15,7 @@ mod participant_clients;
 mod payment_repo;
 mod publisher;
 mod saga_repo;
+mod sql;
 pub mod trace_context;
 
 pub use consumer::{

@@ -14,14 +14,9 @@ use tracing::{instrument, warn};
 use crate::{
     entity::outbox_events::{self, STATUS_DEAD, STATUS_FAILED, STATUS_PENDING, STATUS_SENT},
     error::classify,
+    sql,
     trace_context::TRACEPARENT,
 };
-
-/// The current time on the database clock, as SQL. SQLite stores timestamps as RFC 3339 text
-/// with a `+00:00` offset, and such strings compare in time order.
-const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')";
-/// The database time plus a modifier parameter such as `+30.000 seconds`.
-const SQLITE_NOW_PLUS: &str = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', ?)";
 
 /// Rows a relay may claim: unsent, due, not leased, and first unsent of their aggregate.
 const DUE_FILTER: &str = "o.status IN ('PENDING', 'FAILED') \
@@ -46,32 +41,17 @@ impl SeaOrmOutboxRepo {
     }
 
     pub(crate) fn now(&self) -> &'static str {
-        match self.backend() {
-            DbBackend::Postgres => "now()",
-            _ => SQLITE_NOW,
-        }
+        sql::now(self.backend())
     }
 
     /// Returns the placeholder of parameter `index` (from 1) in this backend's SQL dialect.
     pub(crate) fn param(&self, index: usize) -> String {
-        match self.backend() {
-            DbBackend::Postgres => format!("${index}"),
-            _ => "?".to_string(),
-        }
+        sql::param(self.backend(), index)
     }
 
     /// Returns `now + delay` as SQL with its parameter at `index`, and that parameter.
     pub(crate) fn now_plus(&self, index: usize, delay: Duration) -> (String, Value) {
-        match self.backend() {
-            DbBackend::Postgres => (
-                format!("now() + make_interval(secs => ${index})"),
-                delay.as_secs_f64().into(),
-            ),
-            _ => (
-                SQLITE_NOW_PLUS.to_string(),
-                format!("+{:.3} seconds", delay.as_secs_f64()).into(),
-            ),
-        }
+        sql::now_plus(self.backend(), index, delay)
     }
 
     fn id_list(&self, first_index: usize, ids: &[i64]) -> (String, Vec<Value>) {

@@ -39,26 +39,13 @@ impl SeaOrmPaymentRepo {
         Self { db }
     }
 
-    /// Begins a step transaction of `saga_id` and inserts its barrier of `operation`.
-    /// Returns `None`, with nothing written, when that barrier exists.
+    /// Begins a transaction of this participant's step. See [`barrier::begin_step`].
     async fn begin_step(
         &self,
         saga_id: SagaId,
         operation: Operation,
     ) -> Result<Option<DatabaseTransaction>, RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
-        barrier::lock_step(&txn, saga_id, STEP)
-            .await
-            .map_err(classify)?;
-        if barrier::insert(&txn, saga_id, STEP, operation)
-            .await
-            .map_err(classify)?
-        {
-            Ok(Some(txn))
-        } else {
-            barrier::rollback(txn).await;
-            Ok(None)
-        }
+        barrier::begin_step(&self.db, saga_id, STEP, operation).await
     }
 
     /// Returns the first result of a repeated try.

@@ -19,10 +19,8 @@ use crate::{
     entity::saga_instances,
     error::classify,
     order_repo::{apply_change, insert_order, insert_outbox_event},
+    sql,
 };
-
-/// SQLite's clock in the RFC 3339 text form its timestamps are stored in.
-const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')";
 
 #[derive(Clone)]
 pub struct SeaOrmSagaRepo {
@@ -39,32 +37,17 @@ impl SeaOrmSagaRepo {
     }
 
     fn now(&self) -> &'static str {
-        match self.backend() {
-            DbBackend::Postgres => "now()",
-            _ => SQLITE_NOW,
-        }
+        sql::now(self.backend())
     }
 
-    /// Placeholder of parameter `index`, counted from 1.
+    /// Returns the placeholder of parameter `index`, counted from 1.
     fn param(&self, index: usize) -> String {
-        match self.backend() {
-            DbBackend::Postgres => format!("${index}"),
-            _ => "?".to_string(),
-        }
+        sql::param(self.backend(), index)
     }
 
-    /// `now + lease` as SQL with its parameter at `index`, and that parameter.
+    /// Returns `now + lease` as SQL with its parameter at `index`, and that parameter.
     fn lease_until(&self, index: usize, lease: Duration) -> (String, Value) {
-        match self.backend() {
-            DbBackend::Postgres => (
-                format!("now() + make_interval(secs => ${index})"),
-                lease.as_secs_f64().into(),
-            ),
-            _ => (
-                "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', ?)".to_string(),
-                format!("+{:.3} seconds", lease.as_secs_f64()).into(),
-            ),
-        }
+        sql::now_plus(self.backend(), index, lease)
     }
 
     fn statement(&self, sql: String, values: Vec<Value>) -> Statement {
@@ -85,7 +68,7 @@ impl SeaOrmSagaRepo {
         let step_log = serde_json::to_value(&saga.steps).map_err(|error| {
             sea_orm::DbErr::Custom(format!("cannot encode the step log: {error}"))
         })?;
-        // A finished saga belongs to nobody.
+        // A finished saga has no owner.
         let (locked_by, locked_until, lease_value) = if saga.state.is_final() {
             ("NULL".to_string(), "NULL".to_string(), None)
         } else {
