@@ -293,7 +293,7 @@ impl InventoryUseCase {
 }
 
 /// A fail point for crash tests: with the `failpoints` feature and `FAILPOINTS` set to
-/// `NAME=return(MILLISECONDS)`, the answer waits that long after the change committed, as if
+/// `NAME=return(MILLISECONDS)`, the reply waits that long after the change committed, as if
 /// it were lost on the way. Does nothing otherwise.
 async fn answer_late(name: &str) {
     #[cfg(feature = "failpoints")]

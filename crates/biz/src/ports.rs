@@ -127,7 +127,8 @@ pub enum CallErrorKind {
     Rejected,
     /// The participant could not serve the call and did nothing: retry with backoff.
     Transient,
-    /// No answer, so the call may or may not have taken effect: repeat the same call.
+    /// The call timed out or lost its connection, so it may or may not have taken effect:
+    /// repeat the same call.
     Unknown,
     /// A request the participant can never accept: compensate at once.
     NonRetryable,
@@ -140,7 +141,7 @@ pub struct CallError {
     pub message: String,
 }
 
-/// The inventory service as the saga sees it. Every call is idempotent per saga.
+/// Client of the inventory service, for the saga. Every call is idempotent per saga.
 #[async_trait]
 pub trait InventoryClient: Send + Sync + 'static {
     async fn reserve(
@@ -163,7 +164,7 @@ pub trait InventoryClient: Send + Sync + 'static {
     ) -> Result<(), CallError>;
 }
 
-/// The payment service as the saga sees it. Every call is idempotent per saga.
+/// Client of the payment service, for the saga. Every call is idempotent per saga.
 #[async_trait]
 pub trait PaymentClient: Send + Sync + 'static {
     async fn freeze(

@@ -144,7 +144,7 @@ pub struct Saga {
     pub state: SagaState,
     /// Steps in the order they started.
     pub steps: Vec<SagaStep>,
-    /// Why the saga compensated or failed.
+    /// Reason the saga compensated or failed.
     pub error: Option<String>,
     /// Set by CancelOrder, which makes the saga compensate before its next forward step.
     pub cancel_requested: bool,
@@ -181,7 +181,7 @@ impl Saga {
         }
     }
 
-    /// The latest step with `name`.
+    /// Returns the latest step with `name`.
     pub fn step(&self, name: StepName) -> Option<&SagaStep> {
         self.steps.iter().rev().find(|step| step.name == name)
     }
@@ -190,7 +190,7 @@ impl Saga {
         self.steps.iter_mut().rev().find(|step| step.name == name)
     }
 
-    /// The step that ran last, whose index is stored as `current_step`.
+    /// Returns the step that ran last, whose index is stored as `current_step`.
     pub fn current_step(&self) -> StepName {
         self.steps
             .last()

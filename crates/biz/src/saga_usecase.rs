@@ -29,7 +29,7 @@ use crate::{
 /// The saga's error after CancelOrder stopped it.
 pub const CANCELLED_BY_CLIENT: &str = "cancelled by the client";
 
-/// How the saga calls its participants and how long it keeps trying.
+/// Settings of the saga: call timeouts, deadlines, retry budgets and the lease.
 #[derive(Clone, Debug)]
 pub struct SagaSettings {
     /// Identifies this process in `locked_by`.
@@ -41,7 +41,7 @@ pub struct SagaSettings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub lease: Duration,
-    /// Longest wait a caller may ask for.
+    /// Maximum wait a caller may request.
     pub max_wait: Duration,
 }
 
@@ -53,8 +53,8 @@ pub struct PlaceOrder {
     pub wait: Duration,
 }
 
-/// Why a driver stopped before the saga ended. The saga row keeps its last saved state, so
-/// the lease's end hands it to a worker.
+/// Reason a driver stopped before the saga ended. The saga row keeps its last saved state, so
+/// a worker takes the saga over when the lease ends.
 #[derive(Debug)]
 enum Halt {
     /// Another owner took the saga, or the row changed under us.
@@ -79,11 +79,11 @@ enum StepEnd {
     GaveUp(String),
 }
 
-/// What a caller can see of, and do to, a saga driven in this process.
+/// Handles to a saga driven in this process, for its waiters and for CancelOrder.
 struct Progress {
     /// Wakes callers waiting on the saga.
     state: watch::Sender<SagaState>,
-    /// Cuts a backoff short when CancelOrder asks the saga to compensate.
+    /// Cuts a backoff short when CancelOrder requests compensation.
     cancel: Arc<Notify>,
 }
 
@@ -125,10 +125,11 @@ impl OrderSagaUseCase {
     ///
     /// # Errors
     ///
-    /// [`OrderError::Invalid`] for an order with nothing to pay;
-    /// [`OrderError::RequestIdReused`] when the `request_id` belongs to other content or to
-    /// an order created without a saga; storage failures as for
-    /// [`crate::OrderUseCase::create_order`].
+    /// - [`OrderError::Invalid`] for a total of 0 or above what the payment service takes, and
+    ///   for a wait above [`SagaSettings::max_wait`].
+    /// - [`OrderError::RequestIdReused`] when the `request_id` belongs to other content.
+    /// - [`OrderError::FailedPrecondition`] when it belongs to an order made by CreateOrder.
+    /// - Storage failures as for [`crate::OrderUseCase::create_order`].
     #[instrument(skip_all, fields(request_id = %request.order.request_id, order_id, saga_id))]
     pub async fn place_order(
         self: &Arc<Self>,
@@ -332,7 +333,7 @@ impl OrderSagaUseCase {
     }
 
     /// Cancels a pending order with its `OrderCancelled` event. When the order has a saga, the
-    /// saga undoes its steps first: this call asks it to, waits up to `wait` for it to end,
+    /// saga undoes its steps first: this call requests it, waits up to `wait` for it to end,
     /// and returns the order and saga as they are then, so a saga still compensating leaves
     /// the order `PENDING`. Cancelling a cancelled order returns it unchanged.
     ///
@@ -474,8 +475,8 @@ impl OrderSagaUseCase {
     }
 
     /// Reads the saga until it is final or `wait` has passed. For a saga this process drives,
-    /// the waiter sleeps until the driver reports a final state, then reads the saga once;
-    /// other sagas are read again every 200 ms.
+    /// the waiter sleeps until the driver reports a final state, then reads the saga once.
+    /// Other sagas are read again every 200 ms.
     async fn wait_for(&self, id: SagaId, wait: Duration) -> Result<Saga, OrderError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -635,7 +636,7 @@ impl OrderSagaUseCase {
     }
 
     /// Runs a forward step until the participant accepts it, rejects it, or its deadline
-    /// passes. Transient failures and calls without an answer are repeated with backoff.
+    /// passes. Transient failures and calls that timed out are repeated with backoff.
     async fn forward_step(
         &self,
         saga: &mut Saga,
@@ -849,7 +850,7 @@ impl OrderSagaUseCase {
         Ok(())
     }
 
-    /// A fail point before `step`: with the `failpoints` feature and `FAILPOINTS` set to
+    /// Checks the fail point before `step`. With the `failpoints` feature and `FAILPOINTS` set to
     /// `saga::before::STEP=return`, the driver stops here without releasing its lease, as if
     /// the process had died. Tests use it to kill a server at a known step boundary.
     fn checkpoint(&self, step: StepName) -> Result<(), Halt> {
@@ -1052,7 +1053,8 @@ mod tests {
         }
     }
 
-    /// Answers each participant operation from a script. An empty script answers `Ok`.
+    /// Fake participants: each operation returns the next result of its script, or `Ok` when
+    /// the script is empty.
     #[derive(Default)]
     struct Participants {
         scripts: Mutex<HashMap<&'static str, VecDeque<Result<(), CallError>>>>,

@@ -155,7 +155,7 @@ pub struct SagaConfig {
     pub inventory_url: String,
     /// gRPC address of the payment service, such as `http://127.0.0.1:9002`.
     pub payment_url: String,
-    /// Longest wait for one participant call. A call that takes longer has an unknown outcome
+    /// Maximum wait for one participant call. A call that takes longer has an unknown outcome
     /// and is repeated.
     pub call_timeout_ms: u64,
     /// How long a forward step (reserve stock, freeze balance) may keep retrying before the
@@ -541,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn saga_lease_must_outlast_a_call_and_its_backoff() {
+    fn saga_lease_shorter_than_backoff_rejected() {
         let env = HashMap::from([
             ("APP__SAGA__LEASE_SECS".to_string(), "5".to_string()),
             ("APP__SAGA__BACKOFF_MAX_MS".to_string(), "3000".to_string()),

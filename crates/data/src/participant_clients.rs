@@ -14,7 +14,7 @@ use tonic::{Code, Request, Status, transport::Channel, transport::Endpoint};
 
 use crate::trace_context::{TRACEPARENT, current_traceparent};
 
-/// Longest wait for a TCP connection to a participant.
+/// Maximum wait for a TCP connection to a participant.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens a channel to `url` that connects on first use, so that a process starts while the
@@ -30,7 +30,7 @@ fn lazy_channel(url: &str) -> Result<Channel, String> {
 }
 
 /// Classifies a failed call. A business rejection ends the step. Codes that mean the
-/// participant did nothing are retried, and so are calls that got no answer. Requests that the
+/// participant did nothing are retried, and so are calls that timed out. Requests that the
 /// participant can never accept are not retried.
 pub fn classify_status(status: &Status) -> CallError {
     let kind = match status.code() {
@@ -57,8 +57,8 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
-/// Drops the response of a call that succeeded and classifies the status of one that failed,
-/// naming the participant's address when it could not be reached.
+/// Converts a call's result: drops the response on success, and on failure classifies the
+/// status, adding the participant's address when it was unreachable or timed out.
 fn outcome<T>(result: Result<tonic::Response<T>, Status>, url: &str) -> Result<(), CallError> {
     result.map(drop).map_err(|status| {
         let mut error = classify_status(&status);

@@ -17,7 +17,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Larger page sizes are lowered to this.
 pub const MAX_PAGE_SIZE: u32 = 100;
 
-/// Longest cancel reason, in characters.
+/// Maximum length of a cancel reason, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
 
 pub struct OrderService {

@@ -28,7 +28,7 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Set by CancelOrder while the saga runs; the saga then compensates.
     pub cancel_requested: bool,
-    /// Why the saga compensated or failed.
+    /// Reason the saga compensated or failed.
     pub error: Option<String>,
 }
 

@@ -150,7 +150,7 @@ async fn saga_order_change_commits_with_saga(db: DatabaseConnection) {
         .await
         .unwrap();
     assert_eq!(confirmed_events, 1);
-    // A finished saga belongs to nobody, so no worker claims it.
+    // A finished saga has no owner, so no worker claims it.
     let row = saga_instances::Entity::find_by_id(saga.id.as_uuid())
         .one(&db)
         .await

@@ -1,6 +1,6 @@
 //! `cron-worker`: the scheduled jobs. Each tick of `outbox.cron_schedule` drains every due
-//! event; each tick of `outbox.cleanup_schedule` deletes `SENT` rows past the retention; each
-//! tick of `saga.recovery_schedule` resumes sagas whose owner is gone.
+//! event, and each tick of `outbox.cleanup_schedule` deletes `SENT` rows past the retention.
+//! Each tick of `saga.recovery_schedule` resumes sagas whose owner is gone.
 
 use std::{sync::Arc, time::Duration};
 

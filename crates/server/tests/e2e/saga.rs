@@ -938,8 +938,8 @@ async fn unreachable_compensation_ends_failed() {
     stack.stop().await;
 }
 
-/// A reservation that commits but answers after the call's timeout has an unknown outcome:
-/// the saga repeats the same call, and the barrier answers the repeat with the first result,
+/// A reservation that commits but replies after the call's timeout has an unknown outcome.
+/// The saga repeats the same call, and the barrier returns the first result for the repeat,
 /// so the stock moves once.
 #[tokio::test]
 #[cfg_attr(
@@ -976,7 +976,7 @@ async fn late_answer_is_repeated_and_applied_once() {
     stack.stop().await;
 }
 
-/// Answers that always come too late: the saga gives up at the step's deadline and
+/// Replies that always arrive too late: the saga gives up at the step's deadline and
 /// compensates, and the release undoes the reservation that did commit.
 #[tokio::test]
 #[cfg_attr(
